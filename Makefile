@@ -1,8 +1,10 @@
-# mediagen: every target installs what it needs into .venv on first use.
+# mediagen: every target installs what it needs on first use (Python packages
+# into .venv, buf from the npm registry into tools/node_modules).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BUF := tools/node_modules/.bin/buf
 
 .PHONY: install run test protos lint bench clean
 
@@ -12,27 +14,31 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+$(BUF): tools/package.json tools/package-lock.json
+	cd tools && npm ci --silent --no-audit --no-fund
+	touch $(BUF)
+
 install: $(STAMP)
 
 ## Serve on 0.0.0.0:50051 with the offline mock providers (no keys, no network).
 run: $(STAMP)
 	$(VENV)/bin/mediagen-server
 
-## Run the whole test suite.
-test: $(STAMP)
-	$(PY) scripts/gen_protos.py --check
+## Lint the contract and code, then run the whole test suite.
+test: lint
 	$(PY) -m pytest -q
 
 ## Regenerate the committed Python stubs from protos/.
 protos: $(STAMP)
 	$(PY) scripts/gen_protos.py
 
-lint: $(STAMP)
-	$(VENV)/bin/ruff check .
+lint: $(STAMP) $(BUF)
+	$(BUF) lint
 	$(PY) scripts/gen_protos.py --check
+	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache tools/node_modules

@@ -42,6 +42,8 @@ def generate(out_dir: pathlib.Path) -> None:
         f"--grpc_python_out={out_dir}",
         f"--plugin=protoc-gen-mypy={bin_dir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bin_dir / 'protoc-gen-mypy_grpc'}",
+        "--mypy_opt=quiet",
+        "--mypy_grpc_opt=quiet",
         f"--mypy_out={out_dir}",
         f"--mypy_grpc_out={out_dir}",
         *sources,

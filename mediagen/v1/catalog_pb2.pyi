@@ -290,15 +290,21 @@ class GetProviderRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    media_type: _common_pb2.MediaType.ValueType
+    """Which media type, for names that serve several (e.g. "elevenlabs");
+    UNSPECIFIED returns the first.
+    """
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
+        media_type: _common_pb2.MediaType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["media_type", b"media_type", "name", b"name"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

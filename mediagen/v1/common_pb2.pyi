@@ -38,7 +38,9 @@ class _JobStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobState.Val
     JOB_STATE_FAILED: _JobState.ValueType  # 4
     """Ended with an error; see Job.error."""
     JOB_STATE_CANCELLED: _JobState.ValueType  # 5
-    """Ended because a caller cancelled it or its deadline passed."""
+    """Ended because a caller cancelled it. (A job whose deadline passed is
+    FAILED with DEADLINE_EXCEEDED.)
+    """
 
 class JobState(_JobState, metaclass=_JobStateEnumTypeWrapper):
     """Where a job is in its life. New values may be added: treat an unknown
@@ -55,7 +57,9 @@ JOB_STATE_SUCCEEDED: JobState.ValueType  # 3
 JOB_STATE_FAILED: JobState.ValueType  # 4
 """Ended with an error; see Job.error."""
 JOB_STATE_CANCELLED: JobState.ValueType  # 5
-"""Ended because a caller cancelled it or its deadline passed."""
+"""Ended because a caller cancelled it. (A job whose deadline passed is
+FAILED with DEADLINE_EXCEEDED.)
+"""
 Global___JobState: _TypeAlias = JobState  # noqa: Y015
 
 class _MediaType:

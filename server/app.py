@@ -1,0 +1,130 @@
+"""Assembles the gRPC server: services, health, reflection, the job runner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+
+from mediagen.v1 import catalog_pb2, catalog_pb2_grpc
+from providers.registry import ProviderRegistry, build_registry
+from providers.storage import Storage
+from providers.storage.local import LocalStorage
+from server.config import Settings
+from server.events import EventBus
+from server.runner import JobRunner
+from server.services import CatalogServicer, JobService, media_servicer
+from server.store import JobStore, SQLiteJobStore
+
+log = structlog.get_logger("mediagen.server")
+
+MEDIA_SERVICES = ("Video", "Speech", "Music", "SoundEffect", "Image")
+
+
+def build_storage(settings: Settings) -> Storage:
+    if settings.storage == "s3":
+        from providers.storage.s3 import S3Storage
+
+        return S3Storage.from_settings(settings)
+    storage = LocalStorage(settings.storage_path)
+    removed = storage.clean_temporary_files()
+    if removed:
+        log.info("removed half-written files of an earlier run", count=removed)
+    return storage
+
+
+class MediagenServer:
+    """One server process. ``start`` binds and recovers jobs; ``stop`` drains."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        registry: ProviderRegistry | None = None,
+        storage: Storage | None = None,
+        store: JobStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry or build_registry(settings)
+        self.storage = storage or build_storage(settings)
+        self.store = store or SQLiteJobStore(settings.database_path)
+        self.bus = EventBus()
+        self.runner = JobRunner(
+            store=self.store, bus=self.bus, registry=self.registry, storage=self.storage, settings=settings
+        )
+        self.jobs = JobService(
+            settings=settings,
+            store=self.store,
+            bus=self.bus,
+            registry=self.registry,
+            storage=self.storage,
+            runner=self.runner,
+        )
+        self.health = HealthServicer()
+        self.server: grpc.aio.Server | None = None
+        self.port: int = 0
+        self.service_names: list[str] = []
+
+    async def start(self) -> int:
+        options = [
+            ("grpc.max_receive_message_length", self.settings.max_receive_message_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+        ]
+        server = grpc.aio.server(options=options)
+        for noun in MEDIA_SERVICES:
+            servicer, add, name = media_servicer(noun, self.jobs)
+            add(servicer, server)
+            self.service_names.append(name)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.registry), server)
+        self.service_names.append(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        self.service_names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+
+        from server.reflection import enable_reflection
+
+        enable_reflection(server, self.service_names)
+        self.port = server.add_insecure_port(self.settings.listen)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.settings.listen}")
+        await server.start()
+        self.server = server
+        await self.runner.recover()
+        for name in ["", *self.service_names]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", listen=self.settings.listen, port=self.port, storage=self.settings.storage)
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let streams finish within ``grace``, keep jobs for the next start."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        if self.server is not None:
+            await self.server.stop(grace)
+        await self.runner.shutdown()
+        await self.registry.aclose()
+        await self.storage.aclose()
+        await self.store.close()
+        log.info("stopped")
+
+    async def wait(self) -> None:
+        if self.server is not None:
+            await self.server.wait_for_termination()
+
+
+async def serve_until_signal(settings: Settings) -> None:
+    import signal
+
+    server = MediagenServer(settings)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down", grace=settings.shutdown_grace)
+    await server.stop()

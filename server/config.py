@@ -1,0 +1,155 @@
+"""Server settings: defaults, then an optional TOML file, then environment variables.
+
+Every setting ``name`` can be set in the TOML file as ``name = ...`` and in the
+environment as ``MEDIAGEN_<NAME>`` (upper case). Default providers per media
+type are ``[default_providers]`` in TOML or ``MEDIAGEN_DEFAULT_<MEDIA>_PROVIDER``.
+The file is named by ``--config`` or ``MEDIAGEN_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MEDIA_KEYS = ("video", "speech", "music", "sound_effect", "image")
+
+
+class ConfigError(ValueError):
+    """A setting has a value we cannot use; the message names it."""
+
+
+@dataclass
+class Settings:
+    # Address to serve gRPC on.
+    listen: str = "0.0.0.0:50051"
+    # Folder for the job database and, with local storage, the artifacts.
+    data_dir: str = "data"
+    # "local" or "s3".
+    storage: str = "local"
+    # Root of local storage; default <data_dir>/artifacts.
+    storage_root: str = ""
+    # S3 (storage = "s3"): bucket, key prefix, endpoint for S3-compatible stores.
+    s3_bucket: str = ""
+    s3_prefix: str = "mediagen/"
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    s3_path_style: bool = False
+    # SQLite job database; default <data_dir>/mediagen.db.
+    database: str = ""
+    # Provider per media type when a request names none; unset: the first
+    # configured vendor, else the mock.
+    default_providers: dict[str, str] = field(default_factory=dict)
+    # Seconds between vendor polls at first, and the most it backs off to.
+    poll_interval: float = 2.0
+    poll_interval_max: float = 15.0
+    # Jobs driven at once; more wait in QUEUED.
+    max_concurrent_jobs: int = 1000
+    # Per-job limit when a request sets none, and the cap on what it may set.
+    job_timeout: float = 1800.0
+    max_job_timeout: float = 7200.0
+    # Seconds of silence after which Watch sends a heartbeat.
+    heartbeat_interval: float = 15.0
+    # Total simulated latency of a mock job, and the number of progress steps.
+    mock_latency: float = 3.0
+    mock_steps: int = 5
+    # Largest artifact accepted from a vendor.
+    max_output_bytes: int = 2 * 1024**3
+    # Longest download URL lifetime GetJob hands out.
+    max_download_url_ttl: float = 7 * 24 * 3600.0
+    # Allow http:// and private/loopback vendor output URLs (local testing only).
+    allow_private_urls: bool = False
+    # "auto" (JSON when stderr is not a TTY), "json" or "console".
+    log_format: str = "auto"
+    log_level: str = "info"
+    # Seconds to let streams finish on SIGTERM before closing them.
+    shutdown_grace: float = 10.0
+    # Largest gRPC message accepted (input images travel inline).
+    max_receive_message_bytes: int = 16 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def database_path(self) -> Path:
+        return Path(self.database) if self.database else Path(self.data_dir) / "mediagen.db"
+
+    @property
+    def storage_path(self) -> Path:
+        return Path(self.storage_root) if self.storage_root else Path(self.data_dir) / "artifacts"
+
+    def validate(self) -> None:
+        if self.storage not in ("local", "s3"):
+            raise ConfigError("storage must be 'local' or 's3'")
+        if self.storage == "s3" and not self.s3_bucket:
+            raise ConfigError("s3_bucket (MEDIAGEN_S3_BUCKET) is required with storage = 's3'")
+        for name in ("poll_interval", "poll_interval_max", "job_timeout", "max_job_timeout", "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.max_concurrent_jobs < 1:
+            raise ConfigError("max_concurrent_jobs must be at least 1")
+        if self.mock_latency < 0 or self.mock_steps < 1:
+            raise ConfigError("mock_latency must be >= 0 and mock_steps >= 1")
+        unknown = set(self.default_providers) - set(MEDIA_KEYS)
+        if unknown:
+            raise ConfigError(f"default_providers: unknown media types {sorted(unknown)}")
+        if self.log_format not in ("auto", "json", "console"):
+            raise ConfigError("log_format must be auto, json or console")
+
+
+def _convert(name: str, raw: Any, kind: Any) -> Any:
+    try:
+        if kind in (bool, "bool"):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind in (int, "int"):
+            return int(raw)
+        if kind in (float, "float"):
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: cannot read {raw!r} as {getattr(kind, '__name__', kind)}") from None
+
+
+def load_settings(config_file: str | None = None, environ: dict[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build Settings from defaults, the TOML file, the environment, then ``overrides``."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or env.get("MEDIAGEN_CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                values.update(tomllib.load(handle))
+        except OSError as exc:
+            raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise ConfigError(f"config file: unknown settings {sorted(unknown)}")
+    defaults = dict(values.get("default_providers") or {})
+    for media in MEDIA_KEYS:
+        name = env.get(f"MEDIAGEN_DEFAULT_{media.upper()}_PROVIDER")
+        if name:
+            defaults[media] = name
+    values["default_providers"] = defaults
+    for name, spec in fields.items():
+        if name == "default_providers":
+            continue
+        env_name = f"MEDIAGEN_{name.upper()}"
+        if env_name in env:
+            values[name] = env[env_name]
+        if name in values:
+            values[name] = _convert(name, values[name], spec.type)
+    values.update(overrides)
+    return Settings(**values)

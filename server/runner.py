@@ -1,0 +1,367 @@
+"""Drives each job through its provider: submit, poll, store, with every change
+saved and then pushed to watchers.
+
+One asyncio task per unfinished job; at most ``max_concurrent_jobs`` of them
+hold a slot (the rest wait, QUEUED). A job's task is the only writer of that
+job, so there are no per-job locks. Each change is saved (with its event) before
+it is published, so ``GetJob`` and a resumed ``Watch`` can always rebuild what a
+live watcher saw.
+
+Restart safety rests on the ``stage`` stored with the job:
+- queued:      not sent anywhere yet; start from the beginning.
+- submitting:  a submit may or may not have reached the vendor. Resubmit only
+               when the adapter passes an idempotency key; otherwise fail with
+               SUBMIT_OUTCOME_UNKNOWN rather than risk paying twice.
+- polling / storing: the vendor handle is stored; poll again (a finished
+               vendor job answers with its outputs again) and store them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from mediagen.v1 import common_pb2
+from providers.base import JobContext, Output, PollResult, Provider, StoredArtifact, VendorHandle, VendorState
+from providers.errors import (
+    InternalError,
+    JobCancelled,
+    JobDeadlineExceeded,
+    MediagenError,
+    ProviderBadResponse,
+    ProviderJobFailed,
+    SubmitOutcomeUnknown,
+)
+from providers.mock.media import extension_for, probe
+from providers.registry import ProviderRegistry
+from providers.retry import RetryPolicy
+from providers.storage import Storage
+from server.config import Settings
+from server.events import EventBus
+from server.jobs import now_timestamp, request_class, seconds_until
+from server.store import JobRecord, JobStore
+
+log = structlog.get_logger("mediagen.runner")
+
+# Consecutive failed polls (after the HTTP layer's own retries) before giving up.
+MAX_POLL_FAILURES = 10
+# How long a vendor cancel call may take when a job is cancelled or times out.
+VENDOR_CANCEL_TIMEOUT = 10.0
+
+_PHASE_FOR_VENDOR_STATE = {
+    VendorState.QUEUED: common_pb2.JOB_PHASE_VENDOR_QUEUED,
+    VendorState.RUNNING: common_pb2.JOB_PHASE_GENERATING,
+}
+
+
+@dataclass
+class _Active:
+    task: asyncio.Task[None]
+    cancel_requested: bool = False
+
+
+class JobRunner:
+    def __init__(
+        self,
+        *,
+        store: JobStore,
+        bus: EventBus,
+        registry: ProviderRegistry,
+        storage: Storage,
+        settings: Settings,
+        output_retry: RetryPolicy | None = None,
+    ) -> None:
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+        self.storage = storage
+        self.settings = settings
+        self.output_retry = output_retry or RetryPolicy()
+        self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
+        self._active: dict[str, _Active] = {}
+
+    # --- public ------------------------------------------------------------
+
+    def start(self, record: JobRecord) -> None:
+        """Drive ``record`` in the background (it is already stored)."""
+        task = asyncio.get_running_loop().create_task(self._run(record), name=f"job {record.id}")
+        self._active[record.id] = _Active(task)
+        task.add_done_callback(lambda _: self._active.pop(record.id, None))
+
+    async def recover(self) -> int:
+        """Resume every unfinished job found in the store. Returns how many."""
+        records = await self.store.unfinished()
+        for record in records:
+            if record.id not in self._active:
+                self.start(record)
+        if records:
+            log.info("jobs recovered", count=len(records))
+        return len(records)
+
+    async def cancel(self, job_id: str) -> bool:
+        """Ask a running job to stop. False when this process is not driving it."""
+        active = self._active.get(job_id)
+        if active is None:
+            return False
+        active.cancel_requested = True
+        active.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(active.task)
+        return True
+
+    async def shutdown(self) -> None:
+        """Stop driving jobs without changing them: they resume on the next start."""
+        tasks = [a.task for a in self._active.values()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def in_flight(self) -> int:
+        return len(self._active)
+
+    async def commit(self, record: JobRecord, event_type: int) -> common_pb2.JobEvent:
+        """Save the record with a new event, then publish the event."""
+        job = record.job
+        job.update_time.CopyFrom(now_timestamp())
+        job.last_sequence += 1
+        event = common_pb2.JobEvent(
+            sequence=job.last_sequence, type=event_type, event_time=job.update_time, job=job
+        )
+        await self.store.save(record, event)
+        self.bus.publish(job.id, event)
+        return event
+
+    # --- one job ---------------------------------------------------------------
+
+    async def _run(self, record: JobRecord) -> None:
+        job = record.job
+        bound = log.bind(job_id=job.id, provider=job.provider, model=job.model)
+        try:
+            async with self._slots:
+                provider = self.registry.get(job.media_type, job.provider)
+                request = request_class(job.media_type).FromString(record.request)
+                remaining = seconds_until(job.expire_time)
+                ctx = JobContext(
+                    job_id=job.id,
+                    deadline=time.monotonic() + remaining,
+                    idempotency_key=job.id,
+                    attempt=len(job.attempts) or 1,
+                )
+                started = time.monotonic()
+                try:
+                    async with asyncio.timeout(max(remaining, 0.0)):
+                        await self._drive(record, provider, request, ctx)
+                except TimeoutError:
+                    await self._cancel_at_vendor(provider, record, ctx)
+                    await self._fail(record, JobDeadlineExceeded("the job did not finish before its deadline"))
+                except MediagenError as err:
+                    await self._fail(record, err)
+                except Exception:
+                    bound.exception("job crashed")
+                    await self._fail(record, InternalError("mediagen failed while running the job"))
+                bound.info(
+                    "job ended",
+                    state=common_pb2.JobState.Name(job.state),
+                    seconds=round(time.monotonic() - started, 3),
+                )
+        except asyncio.CancelledError:
+            active = self._active.get(job.id)
+            if active is None or not active.cancel_requested:
+                raise  # shutdown: leave the job as stored, it resumes on restart
+            provider = self.registry.get(job.media_type, job.provider)
+            await self._cancel_at_vendor(provider, record, JobContext(job_id=job.id))
+            await self._end(record, common_pb2.JOB_STATE_CANCELLED, JobCancelled("cancelled by the caller"))
+            bound.info("job cancelled")
+
+    async def _drive(self, record: JobRecord, provider: Provider, request, ctx: JobContext) -> None:
+        job = record.job
+        if record.stage in ("queued", "submitting"):
+            if record.stage == "submitting" and not provider.submit_is_idempotent:
+                raise SubmitOutcomeUnknown(
+                    "the server stopped while this job was being submitted; it was not sent again "
+                    "to avoid paying twice (check the vendor's dashboard)",
+                    provider=job.provider,
+                    model=job.model,
+                )
+            job.state = common_pb2.JOB_STATE_RUNNING
+            if not job.HasField("start_time"):
+                job.start_time.CopyFrom(now_timestamp())
+            job.progress.phase = common_pb2.JOB_PHASE_SUBMITTING
+            if not job.attempts:
+                job.attempts.add(
+                    provider=job.provider, model=job.model, state=common_pb2.JOB_STATE_RUNNING, start_time=now_timestamp()
+                )
+            record.stage = "submitting"
+            await self.commit(record, common_pb2.JOB_EVENT_TYPE_STATE_CHANGED)
+            handle = await provider.submit(request, job.model, ctx)
+            record.handle = handle.to_json()
+            record.stage = "polling"
+            job.vendor_job_id = handle.vendor_job_id
+            job.attempts[-1].vendor_job_id = handle.vendor_job_id
+            job.progress.phase = common_pb2.JOB_PHASE_VENDOR_QUEUED
+            await self.commit(record, common_pb2.JOB_EVENT_TYPE_PROGRESS)
+        handle = VendorHandle.from_json(record.handle or {})
+        result = await self._poll_until_done(record, provider, handle, ctx)
+        if result.state is VendorState.FAILED:
+            raise result.error or ProviderJobFailed("the vendor reported the job failed", provider=job.provider)
+        if result.state is VendorState.CANCELLED:
+            raise JobCancelled("the vendor cancelled the job", reason="VENDOR_CANCELLED")
+        if not result.outputs:
+            raise ProviderBadResponse("the vendor reported success without any output", provider=job.provider)
+        record.stage = "storing"
+        job.progress.phase = common_pb2.JOB_PHASE_STORING
+        job.progress.message = "storing the result"
+        await self.commit(record, common_pb2.JOB_EVENT_TYPE_PROGRESS)
+        stored: list[StoredArtifact] = []
+        try:
+            for index, output in enumerate(result.outputs):
+                stored.append(await self._store_output(record, provider, handle, output, index, ctx))
+        except BaseException:
+            for artifact in stored:  # all or nothing: no half-stored job
+                with contextlib.suppress(Exception):
+                    await self.storage.delete(artifact.key)
+            raise
+        cost = provider.final_cost(request, job.model, result, stored)
+        record.extra["keys"] = [a.key for a in stored]
+        for artifact in stored:
+            job.artifacts.add(
+                index=artifact.index,
+                uri=artifact.uri,
+                content_type=artifact.content_type,
+                size_bytes=artifact.size_bytes,
+                sha256=artifact.sha256,
+                duration_seconds=artifact.duration_seconds,
+                width=artifact.width,
+                height=artifact.height,
+                sample_rate_hz=artifact.sample_rate_hz,
+                channels=artifact.channels,
+                metadata=artifact.metadata,
+            )
+        job.final_cost.CopyFrom(cost)
+        job.attempts[-1].cost.CopyFrom(cost)
+        job.progress.fraction = 1.0
+        await self._end(record, common_pb2.JOB_STATE_SUCCEEDED, None)
+
+    async def _poll_until_done(
+        self, record: JobRecord, provider: Provider, handle: VendorHandle, ctx: JobContext
+    ) -> PollResult:
+        interval = self.settings.poll_interval
+        failures = 0
+        while True:
+            wait = interval
+            try:
+                result = await provider.poll(handle, ctx)
+            except MediagenError as err:
+                failures += 1
+                if not err.retryable or failures >= MAX_POLL_FAILURES:
+                    raise
+                wait = max(interval, err.retry_after or 0.0)
+            else:
+                failures = 0
+                if result.done:
+                    return result
+                if self._apply_progress(record.job, result):
+                    await self.commit(record, common_pb2.JOB_EVENT_TYPE_PROGRESS)
+                if result.poll_after is not None:
+                    wait = result.poll_after
+            await asyncio.sleep(wait)
+            interval = min(interval * 1.5, self.settings.poll_interval_max)
+
+    @staticmethod
+    def _apply_progress(job: common_pb2.Job, result: PollResult) -> bool:
+        """Copy the vendor's progress onto the job; True when anything changed."""
+        info = result.progress
+        progress = common_pb2.Progress(
+            phase=_PHASE_FOR_VENDOR_STATE.get(result.state, common_pb2.JOB_PHASE_GENERATING),
+            vendor_status=info.vendor_status,
+            message=info.message,
+        )
+        if info.fraction is not None:
+            progress.fraction = min(max(info.fraction, 0.0), 1.0)
+        if info.queue_position is not None:
+            progress.queue_position = info.queue_position
+        if info.eta_seconds is not None:
+            progress.eta.FromNanoseconds(int(max(info.eta_seconds, 0.0) * 1e9))
+        if progress == job.progress:
+            return False
+        job.progress.CopyFrom(progress)
+        return True
+
+    async def _store_output(
+        self,
+        record: JobRecord,
+        provider: Provider,
+        handle: VendorHandle,
+        output: Output,
+        index: int,
+        ctx: JobContext,
+    ) -> StoredArtifact:
+        job = record.job
+        key = f"{job.tenant or 'default'}/{job.id}/{index}{extension_for(output.content_type)}"
+
+        async def transfer():
+            async with provider.open_output(handle, output, ctx) as chunks:
+                return await self.storage.write(
+                    key, chunks, content_type=output.content_type, max_bytes=self.settings.max_output_bytes
+                )
+
+        stored = await self.output_retry.run(transfer, deadline=ctx.deadline)
+        try:
+            info = await asyncio.to_thread(self._probe, key, output.content_type)
+        except ValueError:
+            await self.storage.delete(key)
+            raise ProviderBadResponse(
+                f"the vendor's output {index} is not a decodable {output.content_type or 'media file'}",
+                provider=job.provider,
+                model=job.model,
+            ) from None
+        return StoredArtifact(
+            index=index,
+            uri=stored.uri,
+            key=key,
+            content_type=info.content_type,
+            size_bytes=stored.size_bytes,
+            sha256=stored.sha256,
+            duration_seconds=info.duration_seconds,
+            width=info.width,
+            height=info.height,
+            sample_rate_hz=info.sample_rate_hz,
+            channels=info.channels,
+            metadata=dict(output.metadata),
+        )
+
+    def _probe(self, key: str, content_type: str):
+        with self.storage.open_file(key) as handle:
+            return probe(handle, content_type_hint=content_type)
+
+    async def _cancel_at_vendor(self, provider: Provider, record: JobRecord, ctx: JobContext) -> None:
+        if not record.handle:
+            return
+        try:
+            async with asyncio.timeout(VENDOR_CANCEL_TIMEOUT):
+                await provider.cancel(VendorHandle.from_json(record.handle), ctx)
+        except Exception as exc:  # best effort: the job ends either way
+            log.warning("vendor cancel failed", job_id=record.id, provider=provider.name, error=str(exc))
+
+    async def _fail(self, record: JobRecord, err: MediagenError) -> None:
+        await self._end(record, common_pb2.JOB_STATE_FAILED, err)
+
+    async def _end(self, record: JobRecord, state: int, err: MediagenError | None) -> None:
+        job = record.job
+        job.state = state
+        job.progress.phase = common_pb2.JOB_PHASE_DONE
+        job.end_time.CopyFrom(now_timestamp())
+        if err is not None:
+            job.error.CopyFrom(err.to_status())
+        if job.attempts:
+            attempt = job.attempts[-1]
+            attempt.state = state
+            attempt.end_time.CopyFrom(job.end_time)
+            if err is not None:
+                attempt.error.CopyFrom(job.error)
+        record.stage = "done"
+        await self.commit(record, common_pb2.JOB_EVENT_TYPE_ENDED)

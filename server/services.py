@@ -1,0 +1,322 @@
+"""The gRPC servicers: one per media type, all backed by one ``JobService``.
+
+The five media services have the same seven RPCs under media-specific names
+(GenerateVideo, GetVideoJob, ...); ``media_servicer`` builds each servicer class
+from the generated base and the shared implementation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+
+from mediagen.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    image_pb2,
+    image_pb2_grpc,
+    music_pb2,
+    music_pb2_grpc,
+    sound_effect_pb2,
+    sound_effect_pb2_grpc,
+    speech_pb2,
+    speech_pb2_grpc,
+    video_pb2,
+    video_pb2_grpc,
+)
+from providers.errors import FailedPrecondition, InvalidArgument, MediagenError, NotFound
+from providers.registry import ProviderRegistry
+from providers.storage import Storage
+from server.config import Settings
+from server.events import EventBus
+from server.jobs import new_job_id, now_timestamp, timestamp_after
+from server.rpc_errors import rpc
+from server.runner import JobRunner
+from server.store import JobRecord, JobStore
+from server.validation import validate_generate, validate_job_id
+
+log = structlog.get_logger("mediagen.rpc")
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 1000
+
+
+class OutOfRange(MediagenError):
+    code = grpc.StatusCode.OUT_OF_RANGE
+    reason = "OFFSET_OUT_OF_RANGE"
+
+
+def tenant_of(context: grpc.aio.ServicerContext) -> str:
+    """The caller's tenant, set by the auth interceptor ('' when auth is off)."""
+    from server.auth import current_tenant
+
+    return current_tenant.get()
+
+
+class JobService:
+    """What every media service does, for any media type."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: JobStore,
+        bus: EventBus,
+        registry: ProviderRegistry,
+        storage: Storage,
+        runner: JobRunner,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.registry = registry
+        self.storage = storage
+        self.runner = runner
+
+    async def generate(self, media_type: int, request: Message, tenant: str) -> common_pb2.Job:
+        validate_generate(media_type, request)
+        if request.request_id:
+            earlier = await self._by_request_id(tenant, request.request_id)
+            if earlier is not None:
+                return earlier
+        provider = self.registry.resolve(media_type, request.provider)
+        provider.validate(request)
+        model = request.model or provider.default_model()
+        known_models = [m.name for m in provider.describe().models]
+        if request.model and known_models and request.model not in known_models:
+            raise InvalidArgument.field(
+                "model", f"unknown model for {provider.name}; known: {', '.join(known_models)}", "UNKNOWN_MODEL"
+            )
+        timeout = self.settings.job_timeout
+        if request.HasField("timeout"):
+            timeout = min(request.timeout.ToNanoseconds() / 1e9, self.settings.max_job_timeout)
+        now = now_timestamp()
+        job = common_pb2.Job(
+            id=new_job_id(),
+            media_type=media_type,
+            state=common_pb2.JOB_STATE_QUEUED,
+            provider=provider.name,
+            model=model,
+            request_id=request.request_id,
+            progress=common_pb2.Progress(phase=common_pb2.JOB_PHASE_QUEUED),
+            estimated_cost=provider.estimate_cost(request, model),
+            create_time=now,
+            update_time=now,
+            tenant=tenant,
+            expire_time=timestamp_after(timeout),
+            last_sequence=1,
+        )
+        event = common_pb2.JobEvent(sequence=1, type=common_pb2.JOB_EVENT_TYPE_CREATED, event_time=now, job=job)
+        record, created = await self.store.create(JobRecord(job=job, request=request.SerializeToString()), event)
+        if created:
+            self.runner.start(record)
+            log.info("job created", job_id=job.id, provider=job.provider, model=job.model)
+        return record.job
+
+    async def _by_request_id(self, tenant: str, request_id: str) -> common_pb2.Job | None:
+        record = await self.store.get_by_request_id(tenant, request_id)
+        return record.job if record else None
+
+    async def get_record(self, media_type: int, job_id: str, tenant: str) -> JobRecord:
+        validate_job_id(job_id)
+        record = await self.store.get(job_id)
+        # Another tenant's job, or a job of another media type, does not exist here.
+        if record is None or record.job.tenant != tenant or record.job.media_type != media_type:
+            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"jobId": job_id})
+        return record
+
+    async def get(self, media_type: int, request, tenant: str) -> common_pb2.Job:
+        record = await self.get_record(media_type, request.job_id, tenant)
+        job = record.job
+        if request.HasField("download_url_ttl") and job.artifacts:
+            ttl = request.download_url_ttl.ToNanoseconds() / 1e9
+            if ttl <= 0:
+                raise InvalidArgument.field("download_url_ttl", "must be positive", "OUT_OF_RANGE")
+            ttl = min(ttl, self.settings.max_download_url_ttl)
+            for artifact, key in zip(job.artifacts, record.extra.get("keys", []), strict=False):
+                url = await self.storage.presign(key, int(ttl))
+                if url:
+                    artifact.download_url = url
+                    artifact.download_url_expire_time.CopyFrom(timestamp_after(ttl))
+        return job
+
+    async def list(self, media_type: int, request, tenant: str) -> tuple[list[common_pb2.Job], str]:
+        if request.page_size < 0:
+            raise InvalidArgument.field("page_size", "must not be negative", "OUT_OF_RANGE")
+        if request.state not in common_pb2.JobState.values():
+            raise InvalidArgument.field("state", "unknown job state", "UNSUPPORTED_VALUE")
+        page_size = min(request.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+        return await self.store.list(
+            media_type=media_type, tenant=tenant, state=request.state, page_size=page_size, page_token=request.page_token
+        )
+
+    async def cancel(self, media_type: int, request, tenant: str) -> common_pb2.Job:
+        record = await self.get_record(media_type, request.job_id, tenant)
+        if not record.ended:
+            await self.runner.cancel(record.id)
+            record = await self.get_record(media_type, request.job_id, tenant)
+        return record.job
+
+    async def watch(self, media_type: int, job_id: str, after_sequence: int, tenant: str) -> AsyncIterator[common_pb2.JobEvent]:
+        if after_sequence < 0:
+            raise InvalidArgument.field("after_sequence", "must not be negative", "OUT_OF_RANGE")
+        validate_job_id(job_id)
+        # Subscribe before reading history so nothing falls between the two.
+        queue = self.bus.subscribe(job_id)
+        try:
+            record = await self.get_record(media_type, job_id, tenant)
+            last = after_sequence
+            for event in await self.store.events(job_id, after_sequence):
+                yield event
+                last = event.sequence
+                if event.type == common_pb2.JOB_EVENT_TYPE_ENDED:
+                    return
+            if record.ended:
+                return  # the caller has seen the end already
+            while True:
+                try:
+                    event = await asyncio.wait_for(queue.get(), self.settings.heartbeat_interval)
+                except TimeoutError:
+                    yield common_pb2.JobEvent(
+                        sequence=last, type=common_pb2.JOB_EVENT_TYPE_HEARTBEAT, event_time=now_timestamp()
+                    )
+                    continue
+                if event.sequence <= last:
+                    continue
+                yield event
+                last = event.sequence
+                if event.type == common_pb2.JOB_EVENT_TYPE_ENDED:
+                    return
+        finally:
+            self.bus.unsubscribe(job_id, queue)
+
+    async def download(self, media_type: int, request, tenant: str) -> AsyncIterator[tuple[int, bytes, common_pb2.Artifact | None]]:
+        record = await self.get_record(media_type, request.job_id, tenant)
+        job = record.job
+        if job.state != common_pb2.JOB_STATE_SUCCEEDED:
+            raise FailedPrecondition(
+                f"job {job.id} has no artifacts: it is {common_pb2.JobState.Name(job.state)}",
+                reason="JOB_NOT_SUCCEEDED",
+                metadata={"jobId": job.id, "state": common_pb2.JobState.Name(job.state)},
+            )
+        if not 0 <= request.artifact_index < len(job.artifacts):
+            raise InvalidArgument.field(
+                "artifact_index", f"must be from 0 to {len(job.artifacts) - 1}", "OUT_OF_RANGE"
+            )
+        artifact = job.artifacts[request.artifact_index]
+        if not 0 <= request.offset <= artifact.size_bytes:
+            raise OutOfRange(
+                f"offset must be from 0 to {artifact.size_bytes}",
+                metadata={"offset": str(request.offset), "sizeBytes": str(artifact.size_bytes)},
+                field_violations=[],
+            )
+        key = record.extra["keys"][request.artifact_index]
+        position = request.offset
+        first: common_pb2.Artifact | None = artifact
+        async for chunk in self.storage.read(key, offset=request.offset):
+            yield position, chunk, first
+            position += len(chunk)
+            first = None
+        if first is not None:  # offset == size: still announce the artifact once
+            yield position, b"", first
+
+
+_SPECS = {
+    "Video": (common_pb2.MEDIA_TYPE_VIDEO, video_pb2, video_pb2_grpc),
+    "Speech": (common_pb2.MEDIA_TYPE_SPEECH, speech_pb2, speech_pb2_grpc),
+    "Music": (common_pb2.MEDIA_TYPE_MUSIC, music_pb2, music_pb2_grpc),
+    "SoundEffect": (common_pb2.MEDIA_TYPE_SOUND_EFFECT, sound_effect_pb2, sound_effect_pb2_grpc),
+    "Image": (common_pb2.MEDIA_TYPE_IMAGE, image_pb2, image_pb2_grpc),
+}
+
+
+def media_servicer(noun: str, jobs: JobService):
+    """Build the servicer of ``<noun>Service`` (e.g. "Video") on top of ``jobs``."""
+    media_type, pb2, pb2_grpc = _SPECS[noun]
+    msg = lambda suffix: getattr(pb2, suffix.format(N=noun))  # noqa: E731
+
+    @rpc
+    async def generate(self, request, context):
+        job = await jobs.generate(media_type, request, tenant_of(context))
+        return msg("Generate{N}Response")(job=job)
+
+    @rpc
+    async def get(self, request, context):
+        return msg("Get{N}JobResponse")(job=await jobs.get(media_type, request, tenant_of(context)))
+
+    @rpc
+    async def list_jobs(self, request, context):
+        found, token = await jobs.list(media_type, request, tenant_of(context))
+        return msg("List{N}JobsResponse")(jobs=found, next_page_token=token)
+
+    @rpc
+    async def cancel(self, request, context):
+        return msg("Cancel{N}JobResponse")(job=await jobs.cancel(media_type, request, tenant_of(context)))
+
+    @rpc
+    async def watch(self, request, context):
+        response = msg("Watch{N}JobResponse")
+        async for event in jobs.watch(media_type, request.job_id, request.after_sequence, tenant_of(context)):
+            yield response(event=event)
+
+    @rpc
+    async def generate_stream(self, request, context):
+        if not request.HasField("request"):
+            raise InvalidArgument.field("request", "is required", "REQUIRED")
+        tenant = tenant_of(context)
+        job = await jobs.generate(media_type, request.request, tenant)
+        response = msg("Generate{N}StreamResponse")
+        async for event in jobs.watch(media_type, job.id, 0, tenant):
+            yield response(event=event)
+
+    @rpc
+    async def download(self, request, context):
+        if request.offset < 0:
+            raise InvalidArgument.field("offset", "must not be negative", "OUT_OF_RANGE")
+        response = msg("Download{N}Response")
+        async for offset, data, artifact in jobs.download(media_type, request, tenant_of(context)):
+            yield response(offset=offset, data=data, artifact=artifact)
+
+    methods = {
+        f"Generate{noun}": generate,
+        f"Get{noun}Job": get,
+        f"List{noun}Jobs": list_jobs,
+        f"Cancel{noun}Job": cancel,
+        f"Watch{noun}Job": watch,
+        f"Generate{noun}Stream": generate_stream,
+        f"Download{noun}": download,
+    }
+    for name, method in methods.items():
+        method.__name__ = name
+    base = getattr(pb2_grpc, f"{noun}ServiceServicer")
+    servicer = type(f"{noun}Servicer", (base,), methods)()
+    adder = getattr(pb2_grpc, f"add_{noun}ServiceServicer_to_server")
+    service_name = pb2.DESCRIPTOR.services_by_name[f"{noun}Service"].full_name
+    return servicer, adder, service_name
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
+    def __init__(self, registry: ProviderRegistry) -> None:
+        self.registry = registry
+
+    @rpc
+    async def ListProviders(self, request, context):
+        if request.media_type not in common_pb2.MediaType.values():
+            raise InvalidArgument.field("media_type", "unknown media type", "UNSUPPORTED_VALUE")
+        return catalog_pb2.ListProvidersResponse(providers=self.registry.describe(request.media_type))
+
+    @rpc
+    async def GetProvider(self, request, context):
+        if not request.name:
+            raise InvalidArgument.field("name", "is required", "REQUIRED")
+        # A name can serve several media types (elevenlabs: speech and sound
+        # effects); media_type picks one, else the first is returned.
+        found = [p for p in self.registry.describe(request.media_type) if p.name == request.name]
+        if not found:
+            raise NotFound(f"provider {request.name} not found", reason="PROVIDER_NOT_FOUND", metadata={"name": request.name})
+        return catalog_pb2.GetProviderResponse(provider=found[0])

@@ -1,0 +1,261 @@
+"""The durable job store: jobs, their events and idempotency keys.
+
+``JobStore`` is the interface a shared database can implement for several
+replicas; ``SQLiteJobStore`` is the embedded default. SQLite runs in WAL mode
+with synchronous=NORMAL: a commit survives the process being killed (-9), and
+only a power loss can take back the last few commits. Queries are short and
+run on the event loop thread; there is one connection and one writer.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mediagen.v1 import common_pb2
+from providers.errors import InvalidArgument
+
+TERMINAL_STATES = frozenset(
+    {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED}
+)
+
+
+@dataclass
+class JobRecord:
+    """A job plus what the server needs to drive it, as stored."""
+
+    job: common_pb2.Job
+    # The caller's Generate<Media>Request, serialised.
+    request: bytes
+    # Where the runner is: queued, submitting, polling, storing, done.
+    stage: str = "queued"
+    # VendorHandle.to_json() once the vendor accepted the job.
+    handle: dict[str, Any] | None = None
+    # Anything else the runner keeps across restarts (attempt count...).
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    @property
+    def ended(self) -> bool:
+        return self.job.state in TERMINAL_STATES
+
+
+class JobStore(abc.ABC):
+    @abc.abstractmethod
+    async def create(self, record: JobRecord, event: common_pb2.JobEvent) -> tuple[JobRecord, bool]:
+        """Insert a new job and its first event, unless (tenant, request_id) exists.
+
+        Returns (the stored record, True) or (the earlier record, False).
+        """
+
+    @abc.abstractmethod
+    async def get(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def get_by_request_id(self, tenant: str, request_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def save(self, record: JobRecord, event: common_pb2.JobEvent | None = None) -> None:
+        """Store the record's current state, and the event in the same transaction."""
+
+    @abc.abstractmethod
+    async def list(
+        self,
+        *,
+        media_type: int,
+        tenant: str,
+        state: int = 0,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[common_pb2.Job], str]:
+        """Jobs newest first, and the token of the next page ('' at the end)."""
+
+    @abc.abstractmethod
+    async def events(self, job_id: str, after_sequence: int = 0) -> list[common_pb2.JobEvent]: ...
+
+    @abc.abstractmethod
+    async def unfinished(self) -> list[JobRecord]:
+        """Jobs that have not ended, oldest first (for recovery after a restart)."""
+
+    @abc.abstractmethod
+    async def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    media_type INTEGER NOT NULL,
+    state INTEGER NOT NULL,
+    request_id TEXT,
+    create_ns INTEGER NOT NULL,
+    job BLOB NOT NULL,
+    request BLOB NOT NULL,
+    stage TEXT NOT NULL,
+    handle TEXT,
+    extra TEXT NOT NULL DEFAULT '{}'
+);
+CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, media_type, create_ns DESC, id DESC);
+CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state IN (1, 2);
+CREATE TABLE IF NOT EXISTS events (
+    job_id TEXT NOT NULL,
+    sequence INTEGER NOT NULL,
+    event BLOB NOT NULL,
+    PRIMARY KEY (job_id, sequence)
+) WITHOUT ROWID;
+"""
+
+
+def encode_page_token(create_ns: int, job_id: str) -> str:
+    return base64.urlsafe_b64encode(json.dumps([create_ns, job_id]).encode()).decode()
+
+
+def decode_page_token(token: str) -> tuple[int, str]:
+    try:
+        create_ns, job_id = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if not isinstance(create_ns, int) or not isinstance(job_id, str):
+            raise ValueError
+        return create_ns, job_id
+    except (ValueError, TypeError, UnicodeError):
+        raise InvalidArgument.field("page_token", "not a token this server issued", "INVALID_PAGE_TOKEN") from None
+
+
+class SQLiteJobStore(JobStore):
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        if str(path) != ":memory:":
+            path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+
+    def _row_to_record(self, row: tuple) -> JobRecord:
+        job_blob, request, stage, handle, extra = row
+        job = common_pb2.Job.FromString(job_blob)
+        return JobRecord(
+            job=job,
+            request=request,
+            stage=stage,
+            handle=json.loads(handle) if handle else None,
+            extra=json.loads(extra),
+        )
+
+    async def create(self, record: JobRecord, event: common_pb2.JobEvent) -> tuple[JobRecord, bool]:
+        job = record.job
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute(
+                    "INSERT INTO jobs (id, tenant, media_type, state, request_id, create_ns, job, request, stage, handle, extra)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        job.id,
+                        job.tenant,
+                        job.media_type,
+                        job.state,
+                        job.request_id or None,
+                        job.create_time.ToNanoseconds(),
+                        job.SerializeToString(),
+                        record.request,
+                        record.stage,
+                        json.dumps(record.handle) if record.handle else None,
+                        json.dumps(record.extra),
+                    ),
+                )
+                self._insert_event(job.id, event)
+        except sqlite3.IntegrityError:
+            earlier = await self.get_by_request_id(job.tenant, job.request_id) if job.request_id else None
+            if earlier is None:  # the conflict was on the id itself, which is random: re-raise
+                raise
+            return earlier, False
+        return record, True
+
+    async def get_by_request_id(self, tenant: str, request_id: str) -> JobRecord | None:
+        row = self._db.execute(
+            "SELECT job, request, stage, handle, extra FROM jobs WHERE tenant = ? AND request_id = ?",
+            (tenant, request_id),
+        ).fetchone()
+        return self._row_to_record(row) if row else None
+
+    def _insert_event(self, job_id: str, event: common_pb2.JobEvent) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO events (job_id, sequence, event) VALUES (?,?,?)",
+            (job_id, event.sequence, event.SerializeToString()),
+        )
+
+    async def get(self, job_id: str) -> JobRecord | None:
+        row = self._db.execute(
+            "SELECT job, request, stage, handle, extra FROM jobs WHERE id = ?", (job_id,)
+        ).fetchone()
+        return self._row_to_record(row) if row else None
+
+    async def save(self, record: JobRecord, event: common_pb2.JobEvent | None = None) -> None:
+        job = record.job
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "UPDATE jobs SET state = ?, job = ?, stage = ?, handle = ?, extra = ? WHERE id = ?",
+                (
+                    job.state,
+                    job.SerializeToString(),
+                    record.stage,
+                    json.dumps(record.handle) if record.handle else None,
+                    json.dumps(record.extra),
+                    job.id,
+                ),
+            )
+            if event is not None:
+                self._insert_event(job.id, event)
+
+    async def list(
+        self,
+        *,
+        media_type: int,
+        tenant: str,
+        state: int = 0,
+        page_size: int = 50,
+        page_token: str = "",
+    ) -> tuple[list[common_pb2.Job], str]:
+        sql = "SELECT job, create_ns, id FROM jobs WHERE tenant = ? AND media_type = ?"
+        args: list[Any] = [tenant, media_type]
+        if state:
+            sql += " AND state = ?"
+            args.append(state)
+        if page_token:
+            create_ns, job_id = decode_page_token(page_token)
+            sql += " AND (create_ns < ? OR (create_ns = ? AND id < ?))"
+            args += [create_ns, create_ns, job_id]
+        sql += " ORDER BY create_ns DESC, id DESC LIMIT ?"
+        args.append(page_size + 1)
+        rows = self._db.execute(sql, args).fetchall()
+        jobs = [common_pb2.Job.FromString(r[0]) for r in rows[:page_size]]
+        next_token = encode_page_token(rows[page_size - 1][1], rows[page_size - 1][2]) if len(rows) > page_size else ""
+        return jobs, next_token
+
+    async def events(self, job_id: str, after_sequence: int = 0) -> list[common_pb2.JobEvent]:
+        rows = self._db.execute(
+            "SELECT event FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence",
+            (job_id, after_sequence),
+        ).fetchall()
+        return [common_pb2.JobEvent.FromString(r[0]) for r in rows]
+
+    async def unfinished(self) -> list[JobRecord]:
+        rows = self._db.execute(
+            "SELECT job, request, stage, handle, extra FROM jobs WHERE state IN (?, ?) ORDER BY create_ns",
+            (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING),
+        ).fetchall()
+        return [self._row_to_record(r) for r in rows]
+
+    async def close(self) -> None:
+        self._db.close()
