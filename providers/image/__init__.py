@@ -1,0 +1,1 @@
+"""image vendor adapters, one module per vendor (found by providers.registry)."""

@@ -1,0 +1,1 @@
+"""music vendor adapters, one module per vendor (found by providers.registry)."""

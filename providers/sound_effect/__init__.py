@@ -1,0 +1,1 @@
+"""sound effect vendor adapters, one module per vendor (found by providers.registry)."""

@@ -1,0 +1,1 @@
+"""speech vendor adapters, one module per vendor (found by providers.registry)."""

@@ -1,0 +1,1 @@
+"""video vendor adapters, one module per vendor (found by providers.registry)."""
