@@ -157,6 +157,8 @@ class Provider(abc.ABC):
     media_type: int  # common_pb2.MediaType
     #: Names of the environment variables that configure it (first one is preferred).
     credential_env: tuple[str, ...] = ()
+    #: Lower comes first when the server picks a default among configured vendors.
+    preference: int = 100
 
     # --- catalog ---------------------------------------------------------
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib
+import inspect
+import pkgutil
 
 import structlog
 
@@ -12,9 +14,11 @@ from providers.errors import InvalidArgument, ProviderNotConfigured
 
 log = structlog.get_logger("mediagen.registry")
 
-# Real vendor adapters, "module:Class". Each takes the server Settings.
-# Order within a media type is the preference order for the automatic default.
-VENDOR_ADAPTERS: tuple[str, ...] = ()
+# Vendor adapters live one module per vendor in these packages; every concrete
+# Provider subclass found there is loaded and constructed with the Settings.
+# Within a media type, ``Provider.preference`` (lower first) orders the
+# automatic default.
+ADAPTER_PACKAGES = ("providers.video", "providers.speech", "providers.music", "providers.sound_effect", "providers.image")
 
 MEDIA_NAMES = {
     common_pb2.MEDIA_TYPE_VIDEO: "video",
@@ -52,7 +56,7 @@ class ProviderRegistry:
         return "mock"
 
     def for_media(self, media_type: int) -> list[Provider]:
-        return [p for (m, _), p in self._providers.items() if m == media_type]
+        return [p for (m, _), p in self._providers.items() if m == media_type]  # in preference order
 
     def all(self) -> list[Provider]:
         return list(self._providers.values())
@@ -96,17 +100,24 @@ class ProviderRegistry:
             await provider.aclose()
 
 
-def load_adapter(path: str):
-    module_name, _, class_name = path.partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+def adapter_classes() -> list[type[Provider]]:
+    """Every concrete vendor adapter class, in preference order."""
+    found: dict[str, type[Provider]] = {}
+    for package_name in ADAPTER_PACKAGES:
+        package = importlib.import_module(package_name)
+        for info in pkgutil.iter_modules(package.__path__):
+            module = importlib.import_module(f"{package_name}.{info.name}")
+            for _, cls in inspect.getmembers(module, inspect.isclass):
+                if issubclass(cls, Provider) and not inspect.isabstract(cls) and cls.__module__ == module.__name__:
+                    found[f"{cls.__module__}.{cls.__qualname__}"] = cls
+    return sorted(found.values(), key=lambda c: (c.media_type, c.preference, c.name))
 
 
 def build_registry(settings) -> ProviderRegistry:
     from providers.mock.provider import mock_providers
 
     providers: list[Provider] = list(mock_providers(settings))
-    for path in VENDOR_ADAPTERS:
-        providers.append(load_adapter(path)(settings))
+    providers += [cls(settings) for cls in adapter_classes()]
     registry = ProviderRegistry(providers, settings.default_providers)
     for media_type, media in MEDIA_NAMES.items():
         log.info("default provider", media=media, provider=registry.default_name(media_type))
