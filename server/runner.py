@@ -26,7 +26,15 @@ from dataclasses import dataclass
 import structlog
 
 from mediagen.v1 import common_pb2
-from providers.base import JobContext, Output, PollResult, Provider, StoredArtifact, VendorHandle, VendorState
+from providers.base import (
+    JobContext,
+    Output,
+    PollResult,
+    Provider,
+    StoredArtifact,
+    VendorHandle,
+    VendorState,
+)
 from providers.errors import (
     InternalError,
     JobCancelled,

@@ -9,8 +9,8 @@ import uuid
 import grpc
 import pytest
 from google.protobuf import json_format
-from grpc_status import rpc_status
 from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from mediagen.v1 import (
     common_pb2,

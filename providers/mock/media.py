@@ -15,6 +15,7 @@ audio one second at a time.
 from __future__ import annotations
 
 import colorsys
+import contextlib
 import dataclasses
 import hashlib
 import math
@@ -24,7 +25,7 @@ import wave
 from collections.abc import Callable, Iterator, Sequence
 from fractions import Fraction
 from functools import partial
-from typing import TypeVar, cast
+from typing import BinaryIO, TypeVar, cast
 
 import av
 import numpy as np
@@ -821,14 +822,28 @@ def render_image(
 # --------------------------------------------------------------------------- probing
 
 
+Source = str | os.PathLike[str] | BinaryIO
+
+
+@contextlib.contextmanager
+def _opened(source: Source) -> Iterator[BinaryIO]:
+    """A seekable binary file at offset 0: opened from a path, or the caller's file rewound."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, "rb") as file:
+            yield file
+    else:
+        source.seek(0)
+        yield source
+
+
 def probe(
-    path: str | os.PathLike[str],
+    source: Source,
     content_type_hint: str = "",
     *,
     sample_rate_hz: int = 0,
     channels: int = 0,
 ) -> MediaInfo:
-    """Measure a media file; its type is read from the content, not the name.
+    """Measure a media file (a path or a seekable binary file); its type is read from the content.
 
     Raw PCM has no header, so it is only recognised through
     ``content_type_hint="audio/pcm"``; it is taken as s16le with
@@ -836,21 +851,22 @@ def probe(
     types the hint is ignored. Raises ValueError for anything that is not a
     decodable audio, video or image file.
     """
-    if _base_content_type(content_type_hint) == "audio/pcm":
-        return _probe_pcm(path, sample_rate_hz or _PCM_DEFAULT_SAMPLE_RATE_HZ, channels or 1)
-    with open(path, "rb") as file:
-        head = file.read(16)
-    sniffed = _sniff(head)
-    if sniffed is None:
-        raise ValueError(_NOT_MEDIA)
-    content_type, demuxer = sniffed
-    if content_type.startswith("image/"):
-        return _probe_image(path, content_type)
-    if content_type == "audio/wav":
-        info = _probe_wave(path)
-        if info is not None:
-            return info
-    return _probe_av(path, content_type, demuxer)
+    with _opened(source) as file:
+        if _base_content_type(content_type_hint) == "audio/pcm":
+            return _probe_pcm(file, sample_rate_hz or _PCM_DEFAULT_SAMPLE_RATE_HZ, channels or 1)
+        sniffed = _sniff(file.read(16))
+        if sniffed is None:
+            raise ValueError(_NOT_MEDIA)
+        content_type, demuxer = sniffed
+        file.seek(0)
+        if content_type.startswith("image/"):
+            return _probe_image(file, content_type)
+        if content_type == "audio/wav":
+            info = _probe_wave(file)
+            if info is not None:
+                return info
+            file.seek(0)
+        return _probe_av(file, content_type, demuxer)
 
 
 def _sniff(head: bytes) -> tuple[str, str | None] | None:
@@ -879,10 +895,10 @@ def _sniff(head: bytes) -> tuple[str, str | None] | None:
     return None
 
 
-def _probe_pcm(path: str | os.PathLike[str], rate: int, channels: int) -> MediaInfo:
+def _probe_pcm(file: BinaryIO, rate: int, channels: int) -> MediaInfo:
     _check_int("sample_rate_hz", rate, MIN_SAMPLE_RATE_HZ, MAX_SAMPLE_RATE_HZ)
     _check_int("channels", channels, 1, 8)
-    size = os.path.getsize(path)
+    size = file.seek(0, os.SEEK_END)
     frame_bytes = 2 * channels
     if size == 0 or size % frame_bytes:
         raise ValueError(_NOT_MEDIA)
@@ -895,10 +911,10 @@ def _probe_pcm(path: str | os.PathLike[str], rate: int, channels: int) -> MediaI
     )
 
 
-def _probe_image(path: str | os.PathLike[str], content_type: str) -> MediaInfo:
+def _probe_image(file: BinaryIO, content_type: str) -> MediaInfo:
     pil_format = content_type.removeprefix("image/").upper()
     try:
-        with Image.open(path, formats=[pil_format]) as image:
+        with Image.open(file, formats=[pil_format]) as image:
             image.load()
             return MediaInfo(
                 content_type, 0.0, width=image.width, height=image.height, codec=pil_format.lower()
@@ -907,17 +923,17 @@ def _probe_image(path: str | os.PathLike[str], content_type: str) -> MediaInfo:
         raise ValueError(_NOT_MEDIA) from exc
 
 
-def _probe_wave(path: str | os.PathLike[str]) -> MediaInfo | None:
+def _probe_wave(file: BinaryIO) -> MediaInfo | None:
     """Exact figures from the WAV header; None for WAVs ``wave`` cannot read (float, extensible)."""
-    with open(path, "rb") as file:
-        try:
-            with wave.open(file, "rb") as wav:
-                rate, declared = wav.getframerate(), wav.getnframes()
-                width, channels = wav.getsampwidth(), wav.getnchannels()
-                # ``wave`` stops reading at the data chunk: what follows is the samples.
-                data_bytes = os.fstat(file.fileno()).st_size - file.tell()
-        except (wave.Error, EOFError):
-            return None
+    try:
+        wav = wave.open(file, "rb")  # closing it would close the caller's file
+        rate, declared = wav.getframerate(), wav.getnframes()
+        width, channels = wav.getsampwidth(), wav.getnchannels()
+    except (wave.Error, EOFError):
+        return None
+    # ``wave`` stops reading at the data chunk: what follows is the samples.
+    data_start = file.tell()
+    data_bytes = file.seek(0, os.SEEK_END) - data_start
     if rate <= 0 or width <= 0 or channels <= 0:
         raise ValueError(_NOT_MEDIA)
     # A cut-off download keeps its header: count only the frames really there.
@@ -931,9 +947,9 @@ def _probe_wave(path: str | os.PathLike[str]) -> MediaInfo | None:
     )
 
 
-def _probe_av(path: str | os.PathLike[str], content_type: str, demuxer: str | None) -> MediaInfo:
+def _probe_av(file: BinaryIO, content_type: str, demuxer: str | None) -> MediaInfo:
     try:
-        with av.open(os.fspath(path), format=demuxer) as container:
+        with av.open(file, format=demuxer) as container:
             streams = container.streams
             video = streams.video[0] if content_type == "video/mp4" and streams.video else None
             audio = streams.audio[0] if streams.audio else None
@@ -959,7 +975,10 @@ def _probe_av(path: str | os.PathLike[str], content_type: str, demuxer: str | No
             declared = (
                 None if container.format.name == "aac" else _declared_duration(container, main)
             )
-        duration = declared if declared is not None else _packet_duration(path, demuxer)
+        if declared is None:
+            file.seek(0)
+            declared = _packet_duration(file, demuxer)
+        duration = declared
     except av.FFmpegError as exc:
         raise ValueError(_NOT_MEDIA) from exc
     return dataclasses.replace(info, duration_seconds=duration)
@@ -975,9 +994,9 @@ def _declared_duration(
     return None
 
 
-def _packet_duration(path: str | os.PathLike[str], demuxer: str | None) -> float:
+def _packet_duration(file: BinaryIO, demuxer: str | None) -> float:
     """Sum of the packet durations of the first audio or video stream, without decoding."""
-    with av.open(os.fspath(path), format=demuxer) as container:
+    with av.open(file, format=demuxer) as container:
         stream = (container.streams.video or container.streams.audio)[0]
         ticks = sum(packet.duration or 0 for packet in container.demux(stream))
         return float(ticks * (stream.time_base or 0))

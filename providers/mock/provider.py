@@ -49,6 +49,9 @@ from providers.errors import (
 from providers.mock import media
 from providers.storage import CHUNK_SIZE
 
+# The mock renders at most 600 s of audio; at ~14 characters a second that is
+# about 8,400 characters.
+MOCK_SPEECH_MAX_CHARACTERS = 8000
 BEHAVIORS = ("fail", "stall", "rate_limit", "content_rejected", "unavailable")
 _ASPECT_SIZES = {"16:9": (640, 360), "9:16": (360, 640), "1:1": (480, 480), "4:3": (640, 480), "3:4": (480, 640)}
 _IMAGE_ASPECT_SIZES = {"1:1": (1024, 1024), "16:9": (1344, 768), "9:16": (768, 1344), "4:3": (1152, 864), "3:4": (864, 1152)}
@@ -187,9 +190,12 @@ class MockProvider(Provider):
 
 
 async def _read_file(path: str) -> AsyncIterator[bytes]:
-    with open(path, "rb") as handle:
+    handle = await asyncio.to_thread(open, path, "rb")
+    try:
         while chunk := await asyncio.to_thread(handle.read, CHUNK_SIZE):
             yield chunk
+    finally:
+        handle.close()
 
 
 class MockVideo(MockProvider):
@@ -298,9 +304,18 @@ class MockSpeech(_MockAudio):
         entry = super().describe()
         entry.limits.ClearField("min_duration_seconds")
         entry.limits.ClearField("max_duration_seconds")
-        entry.limits.max_text_characters = 100_000
+        entry.limits.max_text_characters = MOCK_SPEECH_MAX_CHARACTERS
         entry.prices[0].unit = common_pb2.PRICE_UNIT_THOUSAND_CHARACTERS
         return entry
+
+    def validate(self, request: Message) -> None:
+        super().validate(request)
+        if len(request.text) > MOCK_SPEECH_MAX_CHARACTERS:
+            raise InvalidArgument.field(
+                "text", f"at most {MOCK_SPEECH_MAX_CHARACTERS} characters for the mock", "TOO_LONG"
+            )
+        if request.speed and not 0.25 <= request.speed <= 4.0:
+            raise InvalidArgument.field("speed", "must be from 0.25 to 4 for the mock", "OUT_OF_RANGE")
 
     def text(self, request: Message) -> str:
         return request.text
