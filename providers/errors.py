@@ -290,6 +290,19 @@ class OutputTooLarge(ProviderError):
     reason = "OUTPUT_TOO_LARGE"
 
 
+class UnsafeOutputURL(ProviderError):
+    """A URL we were asked to fetch (or call back) points somewhere we refuse to go.
+
+    Plain http, or a host resolving to a private, loopback, link-local,
+    multicast or otherwise non-public address (SSRF protection). Fetching the
+    same URL again cannot help, and it is neither the caller's request nor a
+    vendor outage: FAILED_PRECONDITION, like other operator-side conditions.
+    """
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    reason = "OUTPUT_URL_REJECTED"
+
+
 class SubmitOutcomeUnknown(ProviderError):
     """The server stopped while a submit was in flight to a vendor without idempotency."""
 
