@@ -13,6 +13,7 @@ from mediagen.v1 import catalog_pb2, catalog_pb2_grpc
 from providers.registry import ProviderRegistry, build_registry
 from providers.storage import Storage
 from providers.storage.local import LocalStorage
+from server.auth import AuthInterceptor, parse_tokens, server_credentials
 from server.config import Settings
 from server.events import EventBus
 from server.runner import JobRunner
@@ -75,7 +76,10 @@ class MediagenServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]
-        server = grpc.aio.server(options=options)
+        interceptors = []
+        if self.settings.auth_tokens:
+            interceptors.append(AuthInterceptor(parse_tokens(self.settings.auth_tokens)))
+        server = grpc.aio.server(options=options, interceptors=interceptors)
         for noun in MEDIA_SERVICES:
             servicer, add, name = media_servicer(noun, self.jobs)
             add(servicer, server)
@@ -88,7 +92,13 @@ class MediagenServer:
         from server.reflection import enable_reflection
 
         enable_reflection(server, self.service_names)
-        self.port = server.add_insecure_port(self.settings.listen)
+        if self.settings.tls_cert_file:
+            credentials = server_credentials(
+                self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_client_ca_file
+            )
+            self.port = server.add_secure_port(self.settings.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(self.settings.listen)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
         await server.start()

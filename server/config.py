@@ -67,8 +67,19 @@ class Settings:
     log_level: str = "info"
     # Seconds to let streams finish on SIGTERM before closing them.
     shutdown_grace: float = 10.0
-    # Largest gRPC message accepted (input images travel inline).
-    max_receive_message_bytes: int = 16 * 1024 * 1024
+    # Largest gRPC message accepted (input images travel inline, up to 16 MiB).
+    max_receive_message_bytes: int = 20 * 1024 * 1024
+    # Bearer tokens, "tenant:token,tenant:token". Empty: authentication off.
+    auth_tokens: str = ""
+    # TLS: certificate chain and key (PEM). With tls_client_ca_file, clients
+    # must present a certificate signed by that CA (mutual TLS).
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    # Finished jobs and their artifacts are deleted this long after they end; 0 keeps them.
+    retention: float = 30 * 24 * 3600.0
+    # How often the retention sweep runs.
+    retention_sweep_interval: float = 3600.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -96,6 +107,19 @@ class Settings:
         unknown = set(self.default_providers) - set(MEDIA_KEYS)
         if unknown:
             raise ConfigError(f"default_providers: unknown media types {sorted(unknown)}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ConfigError("tls_cert_file and tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.retention < 0 or self.retention_sweep_interval <= 0:
+            raise ConfigError("retention must be >= 0 and retention_sweep_interval positive")
+        if self.auth_tokens:
+            from server.auth import parse_tokens
+
+            try:
+                parse_tokens(self.auth_tokens)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.log_format not in ("auto", "json", "console"):
             raise ConfigError("log_format must be auto, json or console")
 

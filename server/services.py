@@ -32,6 +32,7 @@ from mediagen.v1 import (
 from providers.errors import FailedPrecondition, InvalidArgument, MediagenError, NotFound
 from providers.registry import ProviderRegistry
 from providers.storage import Storage
+from server.auth import current_tenant
 from server.config import Settings
 from server.events import EventBus
 from server.jobs import new_job_id, now_timestamp, timestamp_after
@@ -53,8 +54,6 @@ class OutOfRange(MediagenError):
 
 def tenant_of(context: grpc.aio.ServicerContext) -> str:
     """The caller's tenant, set by the auth interceptor ('' when auth is off)."""
-    from server.auth import current_tenant
-
     return current_tenant.get()
 
 
