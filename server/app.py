@@ -68,6 +68,7 @@ class MediagenServer:
         self.server: grpc.aio.Server | None = None
         self.port: int = 0
         self.service_names: list[str] = []
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
         options = [
@@ -104,6 +105,7 @@ class MediagenServer:
         await server.start()
         self.server = server
         await self.runner.recover()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="retention sweep")
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving", listen=self.settings.listen, port=self.port, storage=self.settings.storage)
@@ -113,6 +115,8 @@ class MediagenServer:
         """Stop accepting calls, let streams finish within ``grace``, keep jobs for the next start."""
         grace = self.settings.shutdown_grace if grace is None else grace
         await self.health.enter_graceful_shutdown()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self.server is not None:
             await self.server.stop(grace)
         await self.runner.shutdown()
@@ -120,6 +124,14 @@ class MediagenServer:
         await self.storage.aclose()
         await self.store.close()
         log.info("stopped")
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.jobs.sweep_expired()
+            except Exception:  # a failed sweep is retried at the next interval
+                log.exception("retention sweep failed")
+            await asyncio.sleep(self.settings.retention_sweep_interval)
 
     async def wait(self) -> None:
         if self.server is not None:

@@ -8,6 +8,8 @@ from the generated base and the shared implementation.
 from __future__ import annotations
 
 import asyncio
+import collections
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -76,6 +78,8 @@ class JobService:
         self.registry = registry
         self.storage = storage
         self.runner = runner
+        # Storage keys being streamed by Download now: retention never deletes these.
+        self.reading: collections.Counter[str] = collections.Counter()
 
     async def generate(self, media_type: int, request: Message, tenant: str) -> common_pb2.Job:
         validate_generate(media_type, request)
@@ -217,12 +221,41 @@ class JobService:
         key = record.extra["keys"][request.artifact_index]
         position = request.offset
         first: common_pb2.Artifact | None = artifact
-        async for chunk in self.storage.read(key, offset=request.offset):
-            yield position, chunk, first
-            position += len(chunk)
-            first = None
+        self.reading[key] += 1
+        try:
+            async for chunk in self.storage.read(key, offset=request.offset):
+                yield position, chunk, first
+                position += len(chunk)
+                first = None
+        finally:
+            self.reading[key] -= 1
+            if not self.reading[key]:
+                del self.reading[key]
         if first is not None:  # offset == size: still announce the artifact once
             yield position, b"", first
+
+    async def sweep_expired(self) -> int:
+        """Delete jobs (and their artifacts) that ended more than ``retention`` ago.
+
+        A job whose artifact is being downloaded right now is left for the next
+        sweep. Artifacts go first: a crash in between leaves a job whose files
+        are already gone, which the next sweep removes again.
+        """
+        if not self.settings.retention:
+            return 0
+        cutoff = time.time_ns() - int(self.settings.retention * 1e9)
+        removed = 0
+        for record in await self.store.ended_before(cutoff):
+            keys = record.extra.get("keys", [])
+            if any(self.reading[k] for k in keys):
+                continue
+            for key in keys:
+                await self.storage.delete(key)
+            await self.store.delete(record.id)
+            removed += 1
+        if removed:
+            log.info("expired jobs removed", count=removed)
+        return removed
 
 
 _SPECS = {

@@ -86,6 +86,14 @@ class JobStore(abc.ABC):
         """Jobs that have not ended, oldest first (for recovery after a restart)."""
 
     @abc.abstractmethod
+    async def ended_before(self, cutoff_ns: int, limit: int = 500) -> list[JobRecord]:
+        """Jobs that ended before ``cutoff_ns`` (epoch nanoseconds), oldest first."""
+
+    @abc.abstractmethod
+    async def delete(self, job_id: str) -> None:
+        """Remove a job and its events."""
+
+    @abc.abstractmethod
     async def close(self) -> None: ...
 
 
@@ -101,8 +109,10 @@ CREATE TABLE IF NOT EXISTS jobs (
     request BLOB NOT NULL,
     stage TEXT NOT NULL,
     handle TEXT,
-    extra TEXT NOT NULL DEFAULT '{}'
+    extra TEXT NOT NULL DEFAULT '{}',
+    end_ns INTEGER
 );
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (end_ns) WHERE end_ns IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, media_type, create_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state IN (1, 2);
@@ -205,13 +215,14 @@ class SQLiteJobStore(JobStore):
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "UPDATE jobs SET state = ?, job = ?, stage = ?, handle = ?, extra = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, job = ?, stage = ?, handle = ?, extra = ?, end_ns = ? WHERE id = ?",
                 (
                     job.state,
                     job.SerializeToString(),
                     record.stage,
                     json.dumps(record.handle) if record.handle else None,
                     json.dumps(record.extra),
+                    job.end_time.ToNanoseconds() if job.HasField("end_time") else None,
                     job.id,
                 ),
             )
@@ -256,6 +267,19 @@ class SQLiteJobStore(JobStore):
             (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING),
         ).fetchall()
         return [self._row_to_record(r) for r in rows]
+
+    async def ended_before(self, cutoff_ns: int, limit: int = 500) -> list[JobRecord]:
+        rows = self._db.execute(
+            "SELECT job, request, stage, handle, extra FROM jobs WHERE end_ns < ? ORDER BY end_ns LIMIT ?",
+            (cutoff_ns, limit),
+        ).fetchall()
+        return [self._row_to_record(r) for r in rows]
+
+    async def delete(self, job_id: str) -> None:
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     async def close(self) -> None:
         self._db.close()
