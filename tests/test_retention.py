@@ -57,7 +57,8 @@ async def test_a_download_in_progress_keeps_its_file(short_retention):
         first = await download.read()
         assert first.artifact.size_bytes > len(first.data)  # more chunks to come
         assert await server.jobs.sweep_expired() == 0  # being read: kept
-        rest = [m async for m in download]
-        data = first.data + b"".join(m.data for m in rest)
+        data = first.data
+        while (message := await download.read()) is not grpc.aio.EOF:
+            data += message.data
         assert len(data) == first.artifact.size_bytes
         assert await server.jobs.sweep_expired() == 1
