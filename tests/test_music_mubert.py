@@ -1,0 +1,411 @@
+"""Mubert adapter end to end: real gRPC channel, real server, fake Mubert v3 over real HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import grpc
+import httpx
+import pytest
+from google.protobuf import json_format
+from google.rpc import code_pb2, error_details_pb2
+from grpc_status import rpc_status
+
+from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, music_pb2, music_pb2_grpc
+from providers.mock.media import probe
+from providers.retry import RetryPolicy
+from server.app import MediagenServer
+from tests.conftest import make_settings
+from tests.fakes.mubert import ACCESS_TOKEN, CUSTOMER_ID, FakeMubert
+from tests.fakes.server import dropped, malformed_json, rate_limited, server_error, slow, truncated
+
+FAST = RetryPolicy(initial=0.01, maximum=0.02, max_retry_after=2.0, max_attempts=3)
+MUSIC = common_pb2.MEDIA_TYPE_MUSIC
+
+
+@pytest.fixture
+async def env(tmp_path, monkeypatch):
+    with FakeMubert() as fake:
+        monkeypatch.setenv("MUBERT_BASE_URL", fake.base_url)
+        monkeypatch.setenv("MUBERT_CUSTOMER_ID", CUSTOMER_ID)
+        monkeypatch.setenv("MUBERT_ACCESS_TOKEN", ACCESS_TOKEN)
+        monkeypatch.setenv("MUBERT_TRACK_PRICE_USD", "0.25")
+        server = MediagenServer(make_settings(tmp_path))
+        provider = server.registry.get(MUSIC, "mubert")
+        provider.http.retry = FAST
+        server.runner.output_retry = FAST
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                yield SimpleNamespace(
+                    fake=fake,
+                    server=server,
+                    provider=provider,
+                    stub=music_pb2_grpc.MusicServiceStub(channel),
+                    catalog=catalog_pb2_grpc.CatalogServiceStub(channel),
+                    artifacts=Path(server.settings.storage_path),
+                )
+        finally:
+            await server.stop(grace=0.1)
+
+
+def request(**fields) -> music_pb2.GenerateMusicRequest:
+    msg = music_pb2.GenerateMusicRequest()
+    json_format.ParseDict({"provider": "mubert", **fields}, msg)
+    return msg
+
+
+async def run(env, **fields) -> common_pb2.Job:
+    job = (await env.stub.GenerateMusic(request(**fields))).job
+    return await finish(env, job.id)
+
+
+async def finish(env, job_id: str) -> common_pb2.Job:
+    events = [
+        r.event async for r in env.stub.WatchMusicJob(music_pb2.WatchMusicJobRequest(job_id=job_id))
+    ]
+    assert events[-1].type == common_pb2.JOB_EVENT_TYPE_ENDED
+    return events[-1].job
+
+
+async def download(env, job_id: str) -> tuple[common_pb2.Artifact, bytes]:
+    messages = [
+        m async for m in env.stub.DownloadMusic(music_pb2.DownloadMusicRequest(job_id=job_id))
+    ]
+    return messages[0].artifact, b"".join(m.data for m in messages)
+
+
+def error_info(status) -> error_details_pb2.ErrorInfo:
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info
+    raise AssertionError("no ErrorInfo")
+
+
+def assert_failed(job, code: int, reason: str) -> error_details_pb2.ErrorInfo:
+    assert job.state == common_pb2.JOB_STATE_FAILED, job
+    assert job.error.code == code, job.error
+    info = error_info(job.error)
+    assert info.reason == reason, job.error
+    assert not job.artifacts
+    return info
+
+
+def stored_files(env) -> list[Path]:
+    return [p for p in env.artifacts.rglob("*") if p.is_file()] if env.artifacts.exists() else []
+
+
+# --- success -------------------------------------------------------------------------
+
+
+async def test_prompt_track_end_to_end(env, tmp_path):
+    job = await run(env, prompt="calm piano", mood="happy", genre="ambient", duration_seconds=5)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    (create,) = env.fake.calls("POST", FakeMubert.TRACKS)
+    assert create.headers["customer-id"] == CUSTOMER_ID
+    assert create.headers["access-token"] == ACCESS_TOKEN
+    assert create.json() == {"duration": 5, "format": "mp3", "prompt": "calm piano, happy, ambient"}
+    assert len(env.fake.calls("GET", FakeMubert.TRACK)) >= 2  # processing, then done
+
+    artifact, data = await download(env, job.id)
+    assert artifact.size_bytes == len(data) and artifact.sha256 == hashlib.sha256(data).hexdigest()
+    path = tmp_path / "track.mp3"
+    path.write_bytes(data)
+    info = probe(path)
+    assert info.content_type == artifact.content_type == "audio/mpeg"
+    assert abs(info.duration_seconds - 5.0) < 0.1
+    assert abs(artifact.duration_seconds - 5.0) < 0.1
+    assert artifact.metadata["mubert_track_id"] == job.vendor_job_id
+    assert artifact.metadata["prompt"] == "calm piano, happy, ambient"
+
+    assert job.estimated_cost.unit == common_pb2.PRICE_UNIT_TRACK
+    assert job.estimated_cost.amount_micros == 250_000
+    assert job.estimated_cost.basis == common_pb2.COST_BASIS_ESTIMATED
+    assert job.final_cost.amount_micros == 250_000 and job.final_cost.units == 1
+    assert job.final_cost.basis == common_pb2.COST_BASIS_MEASURED
+
+
+async def test_playlist_track_with_bpm_key_and_wav(env, tmp_path):
+    job = await run(
+        env,
+        mood="dreamy",
+        tempo_bpm=92.4,
+        duration_seconds=6,
+        format="AUDIO_FORMAT_WAV",
+        provider_options={
+            "playlist_index": "1.0.0",
+            "key": "Am",
+            "intensity": "low",
+            "mode": "loop",
+            "bitrate": 320,
+        },
+    )
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    (create,) = env.fake.calls("POST", FakeMubert.TRACKS)
+    assert create.json() == {
+        "duration": 6,
+        "format": "wav",
+        "playlist_index": "1.0.0",
+        "bpm": 92,
+        "intensity": "low",
+        "mode": "loop",
+        "bitrate": 320,
+        "key": "Am",
+    }
+    artifact, data = await download(env, job.id)
+    assert artifact.content_type == "audio/wav"
+    assert abs(artifact.duration_seconds - 6.0) < 0.01
+    assert artifact.metadata["playlist_index"] == "1.0.0"
+    assert artifact.metadata["playlist_mood_label"] == "dreamy"
+    assert artifact.metadata["key"] == "Am" and artifact.metadata["bpm"] == "92"
+
+
+# --- validation before any vendor call ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "fields, field",
+    [
+        ({"prompt": "song", "lyrics": "la la la"}, "lyrics"),
+        ({"prompt": "song", "tempo_bpm": 120}, "tempo_bpm"),
+        ({"prompt": "x" * 150, "mood": "y" * 60}, "prompt"),
+        ({"prompt": "song", "provider_options": {"playlist_index": "1.0.0"}}, "prompt"),
+        (
+            {"mood": "calm", "provider_options": {"playlist_index": "not a playlist"}},
+            "provider_options.playlist_index",
+        ),
+        ({"prompt": "song", "duration_seconds": 3}, "duration_seconds"),
+        ({"prompt": "song", "format": "AUDIO_FORMAT_OGG_OPUS"}, "format"),
+        ({"prompt": "song", "model": "v2"}, "model"),
+        ({"prompt": "song", "provider_options": {"tempo": "fast"}}, "provider_options.tempo"),
+        ({"prompt": "song", "provider_options": {"mode": "jingle"}}, "provider_options.mode"),
+        (
+            {"prompt": "song", "provider_options": {"intensity": "extreme"}},
+            "provider_options.intensity",
+        ),
+        ({"prompt": "song", "provider_options": {"bitrate": 64}}, "provider_options.bitrate"),
+        ({"prompt": "song", "provider_options": {"key": "Am"}}, "provider_options.key"),
+    ],
+)
+async def test_what_mubert_cannot_do_is_refused_before_any_call(env, fields, field):
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await env.stub.GenerateMusic(request(**fields))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    status = rpc_status.from_call(caught.value)
+    fields_named = []
+    for detail in status.details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields_named += [v.field for v in bad.field_violations]
+    assert field in fields_named, status
+    assert env.fake.requests == []
+
+
+async def test_missing_credentials_is_failed_precondition(tmp_path, monkeypatch):
+    monkeypatch.delenv("MUBERT_ACCESS_TOKEN", raising=False)
+    monkeypatch.delenv("MUBERT_API_KEY", raising=False)
+    monkeypatch.setenv("MUBERT_CUSTOMER_ID", CUSTOMER_ID)
+    server = MediagenServer(make_settings(tmp_path))
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = music_pb2_grpc.MusicServiceStub(channel)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.GenerateMusic(request(prompt="song"))
+            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            info = error_info(rpc_status.from_call(caught.value))
+            assert info.reason == "PROVIDER_NOT_CONFIGURED"
+            assert "MUBERT_ACCESS_TOKEN" in caught.value.details()
+            entry = (
+                await catalog_pb2_grpc.CatalogServiceStub(channel).GetProvider(
+                    catalog_pb2.GetProviderRequest(name="mubert", media_type=MUSIC)
+                )
+            ).provider
+            assert not entry.configured and entry.not_configured_reason == "set MUBERT_ACCESS_TOKEN"
+    finally:
+        await server.stop(grace=0.1)
+
+
+async def test_api_key_alias_configures_the_token(tmp_path, monkeypatch):
+    monkeypatch.setenv("MUBERT_CUSTOMER_ID", CUSTOMER_ID)
+    monkeypatch.delenv("MUBERT_ACCESS_TOKEN", raising=False)
+    monkeypatch.setenv("MUBERT_API_KEY", ACCESS_TOKEN)
+    from providers.music.mubert import MubertProvider
+
+    provider = MubertProvider(make_settings(tmp_path))
+    try:
+        assert provider.describe().configured
+    finally:
+        await provider.aclose()
+
+
+async def test_catalog_entry(env):
+    entry = (
+        await env.catalog.GetProvider(
+            catalog_pb2.GetProviderRequest(name="mubert", media_type=MUSIC)
+        )
+    ).provider
+    assert entry.configured and not entry.retired
+    assert list(entry.limits.formats) == ["mp3", "wav"]
+    assert entry.limits.min_duration_seconds == 5 and entry.limits.max_prompt_characters == 200
+    assert (
+        entry.prices[0].unit == common_pb2.PRICE_UNIT_TRACK
+        and entry.prices[0].unit_price_micros == 250_000
+    )
+    assert entry.documentation_uri.startswith("https://mubert.com")
+    assert ACCESS_TOKEN not in str(entry)
+
+
+# --- vendor failures ----------------------------------------------------------------------
+
+
+async def test_bad_credentials_fail_with_auth_error(env):
+    env.fake.access_token = "something-else"
+    job = await run(env, prompt="song", duration_seconds=5)
+    info = assert_failed(job, code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
+    assert info.metadata["httpStatus"] == "401"
+    assert ACCESS_TOKEN not in job.error.message
+
+
+@pytest.mark.parametrize(
+    "code, grpc_code, reason",
+    [
+        ("LicenseLimitTracksCount", code_pb2.RESOURCE_EXHAUSTED, "PROVIDER_OUT_OF_CREDIT"),
+        (
+            "LicenseLimitConcurrentTrackGenerationsCount",
+            code_pb2.RESOURCE_EXHAUSTED,
+            "PROVIDER_RATE_LIMITED",
+        ),
+        ("LicenseForbiddenDuration", code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST"),
+        ("LicenseExpired", code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED"),
+    ],
+)
+async def test_licence_errors(env, code, grpc_code, reason):
+    env.fake.fail_next("POST", FakeMubert.TRACKS, FakeMubert.licence_error(code, type="monthly"))
+    job = await run(env, prompt="song", duration_seconds=5)
+    info = assert_failed(job, grpc_code, reason)
+    assert info.metadata["vendorCode"] == code
+    assert len(env.fake.calls("POST", FakeMubert.TRACKS)) == 1  # a create is never repeated
+
+
+async def test_validation_error_carries_the_vendor_message(env):
+    env.fake.fail_next(
+        "POST",
+        FakeMubert.TRACKS,
+        FakeMubert.validation_error("duration", "The duration is too long."),
+    )
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert_failed(job, code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST")
+    assert "The duration is too long." in job.error.message
+
+
+async def test_generation_failed_at_the_vendor(env):
+    env.fake.next_outcome = "failed"
+    job = await run(env, prompt="song", duration_seconds=5)
+    info = assert_failed(job, code_pb2.ABORTED, "PROVIDER_JOB_FAILED")
+    assert info.metadata["vendorStatus"] == "failed"
+    assert stored_files(env) == []
+
+
+async def test_poll_429_honours_retry_after(env):
+    env.fake.fail_next(
+        "GET",
+        FakeMubert.TRACK,
+        rate_limited(retry_after=0.3, body={"message": "Too Many Attempts."}),
+    )
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    polls = env.fake.calls("GET", FakeMubert.TRACK)
+    assert polls[1].at - polls[0].at >= 0.29
+
+
+async def test_poll_429_without_retry_after_and_5xx_are_retried(env):
+    env.fake.script(
+        "GET",
+        FakeMubert.TRACK,
+        [
+            rate_limited(body={"message": "Too Many Attempts."}),
+            server_error(503),
+            server_error(500),
+            malformed_json(),
+        ],
+    )
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+
+
+async def test_submit_429_is_not_repeated(env):
+    env.fake.fail_next(
+        "POST",
+        FakeMubert.TRACKS,
+        rate_limited(retry_after=7, body={"message": "Too Many Attempts."}),
+    )
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert_failed(job, code_pb2.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
+    retry = [d for d in job.error.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert retry, "RetryInfo carries the vendor's Retry-After"
+    assert len(env.fake.calls("POST", FakeMubert.TRACKS)) == 1
+
+
+@pytest.mark.parametrize(
+    "reply, grpc_code, reason",
+    [
+        (server_error(503), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+        (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+        (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
+        (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
+    ],
+)
+async def test_submit_failures(env, reply, grpc_code, reason):
+    env.provider.http.timeout = httpx.Timeout(0.3)
+    env.fake.fail_next("POST", FakeMubert.TRACKS, reply)
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert_failed(job, grpc_code, reason)
+    assert stored_files(env) == []
+
+
+async def test_output_url_404_fails_and_stores_nothing(env):
+    env.fake.fail_next("GET", FakeMubert.FILE, server_error(404, "gone"), times=5)
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
+    assert stored_files(env) == []
+
+
+async def test_output_cut_short_is_fetched_again(env):
+    from tests.fakes.mubert import audio_bytes
+
+    whole = audio_bytes("mp3", 5.0)
+    env.fake.fail_next("GET", FakeMubert.FILE, truncated(whole, len(whole) // 2))
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
+    artifact, data = await download(env, job.id)
+    assert data == whole
+    assert len(env.fake.calls("GET", FakeMubert.FILE)) == 2
+
+
+async def test_output_always_cut_short_fails_and_stores_nothing(env):
+    from tests.fakes.mubert import audio_bytes
+
+    whole = audio_bytes("mp3", 5.0)
+    env.fake.fail_next("GET", FakeMubert.FILE, truncated(whole, 1000), times=10)
+    job = await run(env, prompt="song", duration_seconds=5)
+    assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
+    assert stored_files(env) == []
+
+
+async def test_cancel_stops_polling_without_a_vendor_cancel_call(env):
+    env.fake.polls_until_done = 10_000
+    job = (await env.stub.GenerateMusic(request(prompt="song", duration_seconds=5))).job
+    async for response in env.stub.WatchMusicJob(music_pb2.WatchMusicJobRequest(job_id=job.id)):
+        if response.event.job.progress.vendor_status == "processing":
+            break  # the vendor has the track and is being polled
+    cancelled = (await env.stub.CancelMusicJob(music_pb2.CancelMusicJobRequest(job_id=job.id))).job
+    assert cancelled.state == common_pb2.JOB_STATE_CANCELLED
+    # Mubert documents no cancel call: nothing but creates and polls reached it.
+    assert {(r.method, r.path.rsplit("/", 1)[0]) for r in env.fake.requests} <= {
+        ("POST", "/api/v3/public"),
+        ("GET", "/api/v3/public/tracks"),
+    }
