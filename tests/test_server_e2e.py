@@ -291,3 +291,15 @@ async def test_generate_stream_runs_to_the_end(channel):
     events = [r.event async for r in stub.GenerateVideoStream(request)]
     assert events[0].type == common_pb2.JOB_EVENT_TYPE_CREATED
     assert events[-1].job.state == common_pb2.JOB_STATE_SUCCEEDED
+
+
+async def test_job_deadline_fails_with_deadline_exceeded(channel):
+    api = Api(channel, "Video")
+    job = await api.generate(provider_options={"mock_behavior": "stall"}, timeout="0.3s")
+    final = (await api.events(job.id))[-1].job
+    assert final.state == common_pb2.JOB_STATE_FAILED
+    assert final.error.code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert json_format.MessageToDict(final.error)["details"][0]["reason"] == "JOB_DEADLINE_EXCEEDED"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await api.generate(timeout="-1s")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
