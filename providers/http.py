@@ -60,6 +60,7 @@ from typing import Any
 import httpx
 import structlog
 
+from providers import metrics
 from providers.base import JobContext
 from providers.errors import (
     ContentRejected,
@@ -1288,6 +1289,7 @@ class VendorHTTP:
             # Outputs live on other hosts (CDNs); name the host, not the pinned IP.
             fields["host"] = request.headers.get("host", request.url.host)
         log.info("vendor_call", **fields, **extra)
+        metrics.vendor_call(self.provider, request.method, status, time.perf_counter() - started, extra.get("error", ""))
 
     def _log_retry(
         self, method: str, target: httpx.URL
@@ -1295,6 +1297,7 @@ class VendorHTTP:
         where = _loggable(target)
 
         def on_retry(attempt: int, error: MediagenError, delay: float) -> None:
+            metrics.VENDOR_RETRIES.labels(self.provider, error.reason).inc()
             log.warning(
                 "vendor_retry",
                 provider=self.provider,

@@ -8,21 +8,32 @@ import grpc
 import structlog
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
+from prometheus_client import start_http_server
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc
-from providers.registry import ProviderRegistry, build_registry
+from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, usage_pb2, usage_pb2_grpc
+from providers import metrics
+from providers.registry import MEDIA_NAMES, ProviderRegistry, build_registry
 from providers.storage import Storage
 from providers.storage.local import LocalStorage
 from server.auth import AuthInterceptor, parse_tokens, server_credentials
+from server.budgets import period_start
 from server.config import Settings
 from server.events import EventBus
+from server.interceptors import MetricsInterceptor
+from server.routing import Router
 from server.runner import JobRunner
 from server.services import CatalogServicer, JobService, media_servicer
 from server.store import JobStore, SQLiteJobStore
+from server.usage import UsageServicer
 
 log = structlog.get_logger("mediagen.server")
 
 MEDIA_SERVICES = ("Video", "Speech", "Music", "SoundEffect", "Image")
+PROVIDER_HEALTH_INTERVAL = 2.0
+
+
+def provider_health_name(provider) -> str:
+    return f"mediagen.provider.{MEDIA_NAMES[provider.media_type]}.{provider.name}"
 
 
 def build_storage(settings: Settings) -> Storage:
@@ -53,17 +64,20 @@ class MediagenServer:
         self.storage = storage or build_storage(settings)
         self.store = store or SQLiteJobStore(settings.database_path)
         self.bus = EventBus()
+        self.router = Router(self.registry, settings)
         self.runner = JobRunner(
-            store=self.store, bus=self.bus, registry=self.registry, storage=self.storage, settings=settings
+            store=self.store, bus=self.bus, router=self.router, storage=self.storage, settings=settings
         )
         self.jobs = JobService(
             settings=settings,
             store=self.store,
             bus=self.bus,
-            registry=self.registry,
+            router=self.router,
             storage=self.storage,
             runner=self.runner,
         )
+        self.metrics_port = 0
+        self._metrics_server = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int = 0
@@ -77,7 +91,7 @@ class MediagenServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]
-        interceptors = []
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
         if self.settings.auth_tokens:
             interceptors.append(AuthInterceptor(parse_tokens(self.settings.auth_tokens)))
         server = grpc.aio.server(options=options, interceptors=interceptors)
@@ -85,8 +99,11 @@ class MediagenServer:
             servicer, add, name = media_servicer(noun, self.jobs)
             add(servicer, server)
             self.service_names.append(name)
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.registry), server)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.registry, self.router), server)
         self.service_names.append(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name)
+        usage = UsageServicer(self.store, self.jobs.budgets, auth_on=bool(self.settings.auth_tokens))
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
+        self.service_names.append(usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         self.service_names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
@@ -108,6 +125,11 @@ class MediagenServer:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="retention sweep")
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self._update_provider_health()
+        if self.settings.metrics_listen:
+            host, _, port = self.settings.metrics_listen.rpartition(":")
+            self._metrics_server, _ = start_http_server(int(port), addr=host or "0.0.0.0")
+            self.metrics_port = self._metrics_server.server_port
         log.info("serving", listen=self.settings.listen, port=self.port, storage=self.settings.storage)
         return self.port
 
@@ -117,6 +139,9 @@ class MediagenServer:
         await self.health.enter_graceful_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
         if self.server is not None:
             await self.server.stop(grace)
         await self.runner.shutdown()
@@ -125,13 +150,36 @@ class MediagenServer:
         await self.store.close()
         log.info("stopped")
 
+    async def _update_provider_health(self) -> None:
+        """Per-provider health ("mediagen.provider.<media>.<name>"): NOT_SERVING while
+        the provider is not configured or its circuit is open."""
+        for provider in self.registry.all():
+            entry = provider.describe()
+            healthy = entry.configured and self.router.breaker(provider.media_type, provider.name).allows()
+            status = health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(provider_health_name(provider), status)
+
     async def _sweep_forever(self) -> None:
+        """Housekeeping: retention sweeps, and provider health every few seconds."""
+        next_sweep = 0.0
+        loop = asyncio.get_running_loop()
         while True:
-            try:
-                await self.jobs.sweep_expired()
-            except Exception:  # a failed sweep is retried at the next interval
-                log.exception("retention sweep failed")
-            await asyncio.sleep(self.settings.retention_sweep_interval)
+            if loop.time() >= next_sweep:
+                try:
+                    await self.jobs.sweep_expired()
+                except Exception:  # a failed sweep is retried at the next interval
+                    log.exception("retention sweep failed")
+                next_sweep = loop.time() + self.settings.retention_sweep_interval
+            await self._update_provider_health()
+            await self._update_budget_metrics()
+            await asyncio.sleep(PROVIDER_HEALTH_INTERVAL)
+
+    async def _update_budget_metrics(self) -> None:
+        for budget in self.jobs.budgets:
+            since = int(period_start(budget.period).timestamp() * 1e9)
+            spent, reserved = await self.store.spent(budget.tenant, since)
+            metrics.BUDGET_SPENT.labels(budget.label).set(spent / 1e6)
+            metrics.BUDGET_RESERVED.labels(budget.label).set(reserved / 1e6)
 
     async def wait(self) -> None:
         if self.server is not None:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
-import inspect
 
 import grpc
 from grpc_status import rpc_status
 
 from providers.errors import Unauthenticated
 from providers.secrets import register
+from server.interceptors import rebuild, wrap
 
 current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("mediagen_tenant", default="")
 
@@ -69,48 +69,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         return _with_tenant(handler, tenant)
 
 
-def _kind(handler) -> str:
-    return ("stream" if handler.request_streaming else "unary") + "_" + ("stream" if handler.response_streaming else "unary")
-
-
-def _behavior(handler):
-    return {
-        "unary_unary": handler.unary_unary,
-        "unary_stream": handler.unary_stream,
-        "stream_unary": handler.stream_unary,
-        "stream_stream": handler.stream_stream,
-    }[_kind(handler)]
-
-
-def _rebuild(handler, behavior):
-    make = getattr(grpc, f"{_kind(handler)}_rpc_method_handler")
-    return make(
-        behavior,
-        request_deserializer=handler.request_deserializer,
-        response_serializer=handler.response_serializer,
-    )
-
-
 def _with_tenant(handler, tenant: str):
-    inner = _behavior(handler)
-    if handler.response_streaming:
-
-        async def streaming(request, context):
-            current_tenant.set(tenant)
-            result = inner(request, context)
-            if inspect.isasyncgen(result):
-                async for response in result:
-                    yield response
-            else:  # a servicer that writes with context.write() returns a coroutine
-                await result
-
-        return _rebuild(handler, streaming)
-
-    async def unary(request, context):
-        current_tenant.set(tenant)
-        return await inner(request, context)
-
-    return _rebuild(handler, unary)
+    return wrap(handler, lambda context: current_tenant.set(tenant))
 
 
 def _refuse(handler, err: Unauthenticated):
@@ -121,12 +81,12 @@ def _refuse(handler, err: Unauthenticated):
             await context.abort_with_status(status)
             yield  # pragma: no cover - makes this an async generator
 
-        return _rebuild(handler, streaming)
+        return rebuild(handler, streaming)
 
     async def unary(request, context):
         await context.abort_with_status(status)
 
-    return _rebuild(handler, unary)
+    return rebuild(handler, unary)
 
 
 def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") -> grpc.ServerCredentials:

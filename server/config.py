@@ -43,6 +43,24 @@ class Settings:
     # Provider per media type when a request names none; unset: the first
     # configured vendor, else the mock.
     default_providers: dict[str, str] = field(default_factory=dict)
+    # How a request that names no provider gets one: "default" (the default
+    # provider, then provider_order as fallbacks), "preference" (first eligible
+    # in provider_order) or "cheapest" (lowest estimate among eligible vendors).
+    routing: str = "default"
+    # Ordered provider names per media type: preference and fallback order.
+    # TOML table [provider_order] video = ["runway", "luma"], or
+    # MEDIAGEN_PROVIDER_ORDER_VIDEO="runway,luma".
+    provider_order: dict[str, list[str]] = field(default_factory=dict)
+    # After a vendor accepted a job and it then failed: "fail" the job, or
+    # "resubmit" it to the next provider (one job id, every attempt recorded).
+    fallback_after_acceptance: str = "fail"
+    # Consecutive vendor failures that open a provider's circuit, and for how long.
+    circuit_threshold: int = 5
+    circuit_cooldown: float = 30.0
+    # Spending limits: "tenant:period:usd,...", tenant "*" for everyone, period day|month.
+    budgets: str = ""
+    # Prometheus metrics over HTTP ("host:port"); empty: off.
+    metrics_listen: str = "0.0.0.0:9464"
     # Seconds between vendor polls at first, and the most it backs off to.
     poll_interval: float = 2.0
     poll_interval_max: float = 15.0
@@ -104,9 +122,23 @@ class Settings:
             raise ConfigError("max_concurrent_jobs must be at least 1")
         if self.mock_latency < 0 or self.mock_steps < 1:
             raise ConfigError("mock_latency must be >= 0 and mock_steps >= 1")
-        unknown = set(self.default_providers) - set(MEDIA_KEYS)
-        if unknown:
-            raise ConfigError(f"default_providers: unknown media types {sorted(unknown)}")
+        for name in ("default_providers", "provider_order"):
+            unknown = set(getattr(self, name)) - set(MEDIA_KEYS)
+            if unknown:
+                raise ConfigError(f"{name}: unknown media types {sorted(unknown)}")
+        if self.routing not in ("default", "preference", "cheapest"):
+            raise ConfigError("routing must be default, preference or cheapest")
+        if self.fallback_after_acceptance not in ("fail", "resubmit"):
+            raise ConfigError("fallback_after_acceptance must be fail or resubmit")
+        if self.circuit_threshold < 1 or self.circuit_cooldown <= 0:
+            raise ConfigError("circuit_threshold must be >= 1 and circuit_cooldown positive")
+        if self.budgets:
+            from server.budgets import parse_budgets
+
+            try:
+                parse_budgets(self.budgets)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if bool(self.tls_cert_file) != bool(self.tls_key_file):
             raise ConfigError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
@@ -167,8 +199,14 @@ def load_settings(config_file: str | None = None, environ: dict[str, str] | None
         if name:
             defaults[media] = name
     values["default_providers"] = defaults
+    order = {k: list(v) for k, v in dict(values.get("provider_order") or {}).items()}
+    for media in MEDIA_KEYS:
+        names = env.get(f"MEDIAGEN_PROVIDER_ORDER_{media.upper()}")
+        if names:
+            order[media] = [n.strip() for n in names.split(",") if n.strip()]
+    values["provider_order"] = order
     for name, spec in fields.items():
-        if name == "default_providers":
+        if name in ("default_providers", "provider_order"):
             continue
         env_name = f"MEDIAGEN_{name.upper()}"
         if env_name in env:

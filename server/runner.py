@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import structlog
 
 from mediagen.v1 import common_pb2
+from providers import metrics
 from providers.base import (
     JobContext,
     Output,
@@ -40,17 +41,22 @@ from providers.errors import (
     JobCancelled,
     JobDeadlineExceeded,
     MediagenError,
+    ProviderAuthFailed,
     ProviderBadResponse,
     ProviderJobFailed,
+    ProviderNotConfigured,
+    ProviderOutOfCredit,
+    ProviderRateLimited,
+    ProviderUnavailable,
     SubmitOutcomeUnknown,
 )
 from providers.mock.media import extension_for, probe
-from providers.registry import ProviderRegistry
 from providers.retry import RetryPolicy
 from providers.storage import Storage
 from server.config import Settings
 from server.events import EventBus
-from server.jobs import now_timestamp, request_class, seconds_until
+from server.jobs import media_key, now_timestamp, request_class, seconds_until
+from server.routing import Router
 from server.store import JobRecord, JobStore
 
 log = structlog.get_logger("mediagen.runner")
@@ -59,6 +65,11 @@ log = structlog.get_logger("mediagen.runner")
 MAX_POLL_FAILURES = 10
 # How long a vendor cancel call may take when a job is cancelled or times out.
 VENDOR_CANCEL_TIMEOUT = 10.0
+
+# Failures before a vendor accepted the job that another vendor may not have.
+_FALLBACK_BEFORE_ACCEPTANCE = (ProviderUnavailable, ProviderRateLimited, ProviderAuthFailed, ProviderOutOfCredit, ProviderNotConfigured)
+# Failures after acceptance worth resubmitting elsewhere (policy "resubmit").
+_FALLBACK_AFTER_ACCEPTANCE = (ProviderJobFailed, ProviderUnavailable)
 
 _PHASE_FOR_VENDOR_STATE = {
     VendorState.QUEUED: common_pb2.JOB_PHASE_VENDOR_QUEUED,
@@ -78,14 +89,14 @@ class JobRunner:
         *,
         store: JobStore,
         bus: EventBus,
-        registry: ProviderRegistry,
+        router: Router,
         storage: Storage,
         settings: Settings,
         output_retry: RetryPolicy | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
-        self.registry = registry
+        self.router = router
         self.storage = storage
         self.settings = settings
         self.output_retry = output_retry or RetryPolicy()
@@ -98,7 +109,12 @@ class JobRunner:
         """Drive ``record`` in the background (it is already stored)."""
         task = asyncio.get_running_loop().create_task(self._run(record), name=f"job {record.id}")
         self._active[record.id] = _Active(task)
-        task.add_done_callback(lambda _: self._active.pop(record.id, None))
+        metrics.JOBS_IN_FLIGHT.inc()
+        task.add_done_callback(lambda _: self._finished(record.id))
+
+    def _finished(self, job_id: str) -> None:
+        self._active.pop(job_id, None)
+        metrics.JOBS_IN_FLIGHT.dec()
 
     async def recover(self) -> int:
         """Resume every unfinished job found in the store. Returns how many."""
@@ -147,10 +163,10 @@ class JobRunner:
 
     async def _run(self, record: JobRecord) -> None:
         job = record.job
-        bound = log.bind(job_id=job.id, provider=job.provider, model=job.model)
+        bound = log.bind(job_id=job.id)
         try:
             async with self._slots:
-                provider = self.registry.get(job.media_type, job.provider)
+                provider = self.router.resolve(job.media_type, job.provider)
                 request = request_class(job.media_type).FromString(record.request)
                 remaining = seconds_until(job.expire_time)
                 ctx = JobContext(
@@ -162,28 +178,101 @@ class JobRunner:
                 started = time.monotonic()
                 try:
                     async with asyncio.timeout(max(remaining, 0.0)):
-                        await self._drive(record, provider, request, ctx)
+                        await self._drive_with_fallback(record, provider, request, ctx)
                 except TimeoutError:
+                    provider = self.router.resolve(job.media_type, job.provider)
                     await self._cancel_at_vendor(provider, record, ctx)
                     await self._fail(record, JobDeadlineExceeded("the job did not finish before its deadline"))
                 except MediagenError as err:
                     await self._fail(record, err)
                 except Exception:
-                    bound.exception("job crashed")
+                    bound.exception("job crashed", provider=job.provider)
                     await self._fail(record, InternalError("mediagen failed while running the job"))
                 bound.info(
                     "job ended",
+                    provider=job.provider,
+                    model=job.model,
                     state=common_pb2.JobState.Name(job.state),
+                    attempts=len(job.attempts),
                     seconds=round(time.monotonic() - started, 3),
                 )
         except asyncio.CancelledError:
             active = self._active.get(job.id)
             if active is None or not active.cancel_requested:
                 raise  # shutdown: leave the job as stored, it resumes on restart
-            provider = self.registry.get(job.media_type, job.provider)
+            provider = self.router.resolve(job.media_type, job.provider)
             await self._cancel_at_vendor(provider, record, JobContext(job_id=job.id))
             await self._end(record, common_pb2.JOB_STATE_CANCELLED, JobCancelled("cancelled by the caller"))
             bound.info("job cancelled")
+
+    async def _drive_with_fallback(self, record: JobRecord, provider: Provider, request, ctx: JobContext) -> None:
+        """Run the job on its provider; on failure, move on to the next candidate if policy allows."""
+        while True:
+            try:
+                await self._drive(record, provider, request, ctx)
+                return
+            except MediagenError as err:
+                successor = self._successor(record, err)
+                if successor is None:
+                    raise
+                if record.handle:  # accepted by the vendor: stop it there first
+                    await self._cancel_at_vendor(provider, record, ctx)
+                await self._switch(record, provider, successor, request, err)
+                provider = successor
+                ctx.attempt += 1
+
+    def _successor(self, record: JobRecord, err: MediagenError) -> Provider | None:
+        """The next candidate to try after ``err``, or None to fail the job."""
+        accepted = record.handle is not None
+        if accepted:
+            if self.settings.fallback_after_acceptance != "resubmit" or not isinstance(err, _FALLBACK_AFTER_ACCEPTANCE):
+                return None
+        elif not isinstance(err, _FALLBACK_BEFORE_ACCEPTANCE):
+            return None
+        remaining = list(record.extra.get("candidates", []))
+        while remaining:
+            name = remaining.pop(0)
+            record.extra["candidates"] = remaining
+            candidate = self.router.resolve(record.job.media_type, name)
+            entry = candidate.describe()
+            if entry.configured and self.router.breaker(candidate.media_type, name).allows():
+                return candidate
+        return None
+
+    async def _switch(self, record: JobRecord, old: Provider, new: Provider, request, err: MediagenError) -> None:
+        job = record.job
+        attempt = job.attempts[-1]
+        attempt.state = common_pb2.JOB_STATE_FAILED
+        attempt.error.CopyFrom(err.to_status())
+        attempt.end_time.CopyFrom(now_timestamp())
+        if record.handle:
+            attempt.cost.CopyFrom(job.estimated_cost)  # the vendor may bill an accepted job
+        model = new.default_model()
+        job.provider, job.model, job.vendor_job_id = new.name, model, ""
+        job.estimated_cost.CopyFrom(new.estimate_cost(request, model))
+        job.attempts.add(provider=new.name, model=model, state=common_pb2.JOB_STATE_RUNNING, start_time=now_timestamp())
+        job.progress.CopyFrom(
+            common_pb2.Progress(
+                phase=common_pb2.JOB_PHASE_SUBMITTING,
+                message=f"{old.name} failed ({err.reason}); trying {new.name}",
+            )
+        )
+        record.handle = None
+        record.stage = "queued"
+        metrics.FALLBACKS.labels(media_key(job.media_type), old.name, new.name).inc()
+        log.warning("falling back", job_id=job.id, from_provider=old.name, to_provider=new.name, reason=err.reason)
+        await self.commit(record, common_pb2.JOB_EVENT_TYPE_PROGRESS)
+
+    async def _vendor(self, provider: Provider, call):
+        """Await a vendor call, feeding the provider's circuit breaker."""
+        breaker = self.router.breaker(provider.media_type, provider.name)
+        try:
+            result = await call
+        except MediagenError as err:
+            breaker.record_failure(err)
+            raise
+        breaker.record_success()
+        return result
 
     async def _drive(self, record: JobRecord, provider: Provider, request, ctx: JobContext) -> None:
         job = record.job
@@ -205,7 +294,7 @@ class JobRunner:
                 )
             record.stage = "submitting"
             await self.commit(record, common_pb2.JOB_EVENT_TYPE_STATE_CHANGED)
-            handle = await provider.submit(request, job.model, ctx)
+            handle = await self._vendor(provider, provider.submit(request, job.model, ctx))
             record.handle = handle.to_json()
             record.stage = "polling"
             job.vendor_job_id = handle.vendor_job_id
@@ -249,8 +338,10 @@ class JobRunner:
                 channels=artifact.channels,
                 metadata=artifact.metadata,
             )
-        job.final_cost.CopyFrom(cost)
         job.attempts[-1].cost.CopyFrom(cost)
+        # The job's cost includes what earlier, accepted attempts may have been billed.
+        cost.amount_micros += sum(a.cost.amount_micros for a in job.attempts[:-1])
+        job.final_cost.CopyFrom(cost)
         job.progress.fraction = 1.0
         await self._end(record, common_pb2.JOB_STATE_SUCCEEDED, None)
 
@@ -262,7 +353,7 @@ class JobRunner:
         while True:
             wait = interval
             try:
-                result = await provider.poll(handle, ctx)
+                result = await self._vendor(provider, provider.poll(handle, ctx))
             except MediagenError as err:
                 failures += 1
                 if not err.retryable or failures >= MAX_POLL_FAILURES:
@@ -362,6 +453,8 @@ class JobRunner:
         job = record.job
         job.state = state
         job.progress.phase = common_pb2.JOB_PHASE_DONE
+        job.progress.ClearField("eta")
+        job.progress.ClearField("queue_position")
         job.end_time.CopyFrom(now_timestamp())
         if err is not None:
             job.error.CopyFrom(err.to_status())
@@ -371,5 +464,18 @@ class JobRunner:
             attempt.end_time.CopyFrom(job.end_time)
             if err is not None:
                 attempt.error.CopyFrom(job.error)
+        if state != common_pb2.JOB_STATE_SUCCEEDED:
+            if job.vendor_job_id and job.attempts:
+                # Accepted by the vendor, then failed or cancelled: it may have
+                # billed, so the estimate stays charged (conservative for budgets).
+                job.attempts[-1].cost.CopyFrom(job.estimated_cost)
+            billed = sum(a.cost.amount_micros for a in job.attempts)
+            if billed:
+                job.final_cost.CopyFrom(job.estimated_cost)
+                job.final_cost.amount_micros = billed
+                job.final_cost.basis = common_pb2.COST_BASIS_ESTIMATED
         record.stage = "done"
         await self.commit(record, common_pb2.JOB_EVENT_TYPE_ENDED)
+        media, provider = media_key(job.media_type), job.provider
+        metrics.JOBS_ENDED.labels(media, provider, common_pb2.JobState.Name(state)).inc()
+        metrics.JOB_COST.labels(media, provider).inc(job.final_cost.amount_micros / 1e6)

@@ -31,13 +31,16 @@ from mediagen.v1 import (
     video_pb2,
     video_pb2_grpc,
 )
+from providers import metrics
 from providers.errors import FailedPrecondition, InvalidArgument, MediagenError, NotFound
 from providers.registry import ProviderRegistry
 from providers.storage import Storage
 from server.auth import current_tenant
+from server.budgets import checks_for, parse_budgets
 from server.config import Settings
 from server.events import EventBus
-from server.jobs import new_job_id, now_timestamp, timestamp_after
+from server.jobs import media_key, new_job_id, now_timestamp, timestamp_after
+from server.routing import Router
 from server.rpc_errors import rpc
 from server.runner import JobRunner
 from server.store import JobRecord, JobStore
@@ -68,16 +71,17 @@ class JobService:
         settings: Settings,
         store: JobStore,
         bus: EventBus,
-        registry: ProviderRegistry,
+        router: Router,
         storage: Storage,
         runner: JobRunner,
     ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
-        self.registry = registry
+        self.router = router
         self.storage = storage
         self.runner = runner
+        self.budgets = parse_budgets(settings.budgets)
         # Storage keys being streamed by Download now: retention never deletes these.
         self.reading: collections.Counter[str] = collections.Counter()
 
@@ -87,8 +91,8 @@ class JobService:
             earlier = await self._by_request_id(tenant, request.request_id)
             if earlier is not None:
                 return earlier
-        provider = self.registry.resolve(media_type, request.provider)
-        provider.validate(request)
+        candidates = self.router.candidates(media_type, request)
+        provider = candidates[0]
         model = request.model or provider.default_model()
         known_models = [m.name for m in provider.describe().models]
         if request.model and known_models and request.model not in known_models:
@@ -115,9 +119,13 @@ class JobService:
             last_sequence=1,
         )
         event = common_pb2.JobEvent(sequence=1, type=common_pb2.JOB_EVENT_TYPE_CREATED, event_time=now, job=job)
-        record, created = await self.store.create(JobRecord(job=job, request=request.SerializeToString()), event)
+        record = JobRecord(
+            job=job, request=request.SerializeToString(), extra={"candidates": [p.name for p in candidates[1:]]}
+        )
+        record, created = await self.store.create(record, event, checks_for(self.budgets, tenant))
         if created:
             self.runner.start(record)
+            metrics.JOBS_CREATED.labels(media_key(media_type), job.provider).inc()
             log.info("job created", job_id=job.id, provider=job.provider, model=job.model)
         return record.job
 
@@ -171,6 +179,7 @@ class JobService:
         validate_job_id(job_id)
         # Subscribe before reading history so nothing falls between the two.
         queue = self.bus.subscribe(job_id)
+        metrics.WATCHERS.inc()
         try:
             record = await self.get_record(media_type, job_id, tenant)
             last = after_sequence
@@ -197,6 +206,7 @@ class JobService:
                     return
         finally:
             self.bus.unsubscribe(job_id, queue)
+            metrics.WATCHERS.dec()
 
     async def download(self, media_type: int, request, tenant: str) -> AsyncIterator[tuple[int, bytes, common_pb2.Artifact | None]]:
         record = await self.get_record(media_type, request.job_id, tenant)
@@ -333,14 +343,21 @@ def media_servicer(noun: str, jobs: JobService):
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
-    def __init__(self, registry: ProviderRegistry) -> None:
+    def __init__(self, registry: ProviderRegistry, router: Router) -> None:
         self.registry = registry
+        self.router = router
+
+    def _entries(self, media_type: int) -> list[catalog_pb2.Provider]:
+        entries = self.registry.describe(media_type)
+        for entry in entries:
+            entry.circuit_state = self.router.breaker(entry.media_type, entry.name).state
+        return entries
 
     @rpc
     async def ListProviders(self, request, context):
         if request.media_type not in common_pb2.MediaType.values():
             raise InvalidArgument.field("media_type", "unknown media type", "UNSUPPORTED_VALUE")
-        return catalog_pb2.ListProvidersResponse(providers=self.registry.describe(request.media_type))
+        return catalog_pb2.ListProvidersResponse(providers=self._entries(request.media_type))
 
     @rpc
     async def GetProvider(self, request, context):
@@ -348,7 +365,7 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServiceServicer):
             raise InvalidArgument.field("name", "is required", "REQUIRED")
         # A name can serve several media types (elevenlabs: speech and sound
         # effects); media_type picks one, else the first is returned.
-        found = [p for p in self.registry.describe(request.media_type) if p.name == request.name]
+        found = [p for p in self._entries(request.media_type) if p.name == request.name]
         if not found:
             raise NotFound(f"provider {request.name} not found", reason="PROVIDER_NOT_FOUND", metadata={"name": request.name})
         return catalog_pb2.GetProviderResponse(provider=found[0])

@@ -18,7 +18,30 @@ from pathlib import Path
 from typing import Any
 
 from mediagen.v1 import common_pb2
-from providers.errors import InvalidArgument
+from providers.errors import BudgetExceeded, InvalidArgument, QuotaViolation
+
+
+@dataclass(frozen=True)
+class BudgetCheck:
+    """At admission: the spend of ``tenant`` (None: everyone) since ``since_ns``,
+    plus the new job's estimate, must stay within ``limit_micros``."""
+
+    tenant: str | None
+    limit_micros: int
+    since_ns: int
+    label: str  # e.g. "tenant acme, day" — for the QuotaFailure subject
+
+
+@dataclass(frozen=True)
+class UsageGroup:
+    tenant: str
+    provider: str
+    media_type: int
+    period_start_ns: int
+    job_count: int
+    spent_micros: int
+    reserved_micros: int
+
 
 TERMINAL_STATES = frozenset(
     {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED}
@@ -48,11 +71,22 @@ class JobRecord:
         return self.job.state in TERMINAL_STATES
 
 
+def charged_micros(job: common_pb2.Job) -> int:
+    """What a job counts against budgets: its estimate until it ends, then its final cost."""
+    if job.state in TERMINAL_STATES:
+        return job.final_cost.amount_micros
+    return job.estimated_cost.amount_micros
+
+
 class JobStore(abc.ABC):
     @abc.abstractmethod
-    async def create(self, record: JobRecord, event: common_pb2.JobEvent) -> tuple[JobRecord, bool]:
+    async def create(
+        self, record: JobRecord, event: common_pb2.JobEvent, budgets: list[BudgetCheck] = ()
+    ) -> tuple[JobRecord, bool]:
         """Insert a new job and its first event, unless (tenant, request_id) exists.
 
+        The budget checks and the insert are one transaction, so concurrent
+        admissions can never overspend. Raises BudgetExceeded.
         Returns (the stored record, True) or (the earlier record, False).
         """
 
@@ -86,6 +120,17 @@ class JobStore(abc.ABC):
         """Jobs that have not ended, oldest first (for recovery after a restart)."""
 
     @abc.abstractmethod
+    async def spent(self, tenant: str | None, since_ns: int) -> tuple[int, int]:
+        """(final cost of ended jobs, estimates of unfinished jobs) created since ``since_ns``."""
+
+    @abc.abstractmethod
+    async def usage(
+        self, *, start_ns: int, end_ns: int, tenant: str | None, by_tenant: bool, by_provider: bool,
+        by_media_type: bool, period: str,
+    ) -> list[UsageGroup]:
+        """Spend grouped as asked; ``period`` is "", "day" or "month" (UTC)."""
+
+    @abc.abstractmethod
     async def ended_before(self, cutoff_ns: int, limit: int = 500) -> list[JobRecord]:
         """Jobs that ended before ``cutoff_ns`` (epoch nanoseconds), oldest first."""
 
@@ -110,8 +155,12 @@ CREATE TABLE IF NOT EXISTS jobs (
     stage TEXT NOT NULL,
     handle TEXT,
     extra TEXT NOT NULL DEFAULT '{}',
-    end_ns INTEGER
+    end_ns INTEGER,
+    provider TEXT NOT NULL DEFAULT '',
+    -- estimate while running, final cost once ended (see charged_micros)
+    cost_micros INTEGER NOT NULL DEFAULT 0
 );
+CREATE INDEX IF NOT EXISTS jobs_spend ON jobs (tenant, create_ns);
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (end_ns) WHERE end_ns IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, media_type, create_ns DESC, id DESC);
@@ -123,6 +172,10 @@ CREATE TABLE IF NOT EXISTS events (
     PRIMARY KEY (job_id, sequence)
 ) WITHOUT ROWID;
 """
+
+
+def _usd(micros: int) -> str:
+    return f"${micros / 1_000_000:,.2f}"
 
 
 def encode_page_token(create_ns: int, job_id: str) -> str:
@@ -161,14 +214,18 @@ class SQLiteJobStore(JobStore):
             extra=json.loads(extra),
         )
 
-    async def create(self, record: JobRecord, event: common_pb2.JobEvent) -> tuple[JobRecord, bool]:
+    async def create(
+        self, record: JobRecord, event: common_pb2.JobEvent, budgets: list[BudgetCheck] = ()
+    ) -> tuple[JobRecord, bool]:
         job = record.job
         try:
             with self._db:
                 self._db.execute("BEGIN IMMEDIATE")
+                for check in budgets:
+                    self._check_budget(check, job.estimated_cost.amount_micros)
                 self._db.execute(
-                    "INSERT INTO jobs (id, tenant, media_type, state, request_id, create_ns, job, request, stage, handle, extra)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    "INSERT INTO jobs (id, tenant, media_type, state, request_id, create_ns, job, request, stage, handle, extra,"
+                    " provider, cost_micros) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         job.id,
                         job.tenant,
@@ -181,6 +238,8 @@ class SQLiteJobStore(JobStore):
                         record.stage,
                         json.dumps(record.handle) if record.handle else None,
                         json.dumps(record.extra),
+                        job.provider,
+                        charged_micros(job),
                     ),
                 )
                 self._insert_event(job.id, event)
@@ -197,6 +256,65 @@ class SQLiteJobStore(JobStore):
             (tenant, request_id),
         ).fetchone()
         return self._row_to_record(row) if row else None
+
+    def _check_budget(self, check: BudgetCheck, estimate_micros: int) -> None:
+        spent, reserved = self._spent(check.tenant, check.since_ns)
+        if spent + reserved + estimate_micros > check.limit_micros:
+            raise BudgetExceeded(
+                f"budget for {check.label} would be exceeded: {_usd(spent + reserved)} used or reserved "
+                f"of {_usd(check.limit_micros)}, this job needs {_usd(estimate_micros)}",
+                metadata={
+                    "budget": check.label,
+                    "limitMicros": str(check.limit_micros),
+                    "usedMicros": str(spent + reserved),
+                    "estimateMicros": str(estimate_micros),
+                },
+                quota_violations=[QuotaViolation(check.label, "budget would be exceeded by this job's estimate")],
+            )
+
+    def _spent(self, tenant: str | None, since_ns: int) -> tuple[int, int]:
+        sql = (
+            "SELECT COALESCE(SUM(CASE WHEN end_ns IS NOT NULL THEN cost_micros END), 0),"
+            " COALESCE(SUM(CASE WHEN end_ns IS NULL THEN cost_micros END), 0) FROM jobs WHERE create_ns >= ?"
+        )
+        args: list[Any] = [since_ns]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        spent, reserved = self._db.execute(sql, args).fetchone()
+        return int(spent), int(reserved)
+
+    async def spent(self, tenant: str | None, since_ns: int) -> tuple[int, int]:
+        return self._spent(tenant, since_ns)
+
+    async def usage(
+        self, *, start_ns: int, end_ns: int, tenant: str | None, by_tenant: bool, by_provider: bool,
+        by_media_type: bool, period: str,
+    ) -> list[UsageGroup]:
+        # Period buckets are computed by SQLite from create_ns (UTC).
+        bucket = {
+            "": "0",
+            "day": "CAST(strftime('%s', date(create_ns / 1000000000, 'unixepoch')) AS INTEGER) * 1000000000",
+            "month": "CAST(strftime('%s', date(create_ns / 1000000000, 'unixepoch', 'start of month')) AS INTEGER) * 1000000000",
+        }[period]
+        columns = [
+            "tenant" if by_tenant else "''",
+            "provider" if by_provider else "''",
+            "media_type" if by_media_type else "0",
+            bucket,
+        ]
+        sql = (
+            f"SELECT {', '.join(columns)}, COUNT(*),"
+            " COALESCE(SUM(CASE WHEN end_ns IS NOT NULL THEN cost_micros END), 0),"
+            " COALESCE(SUM(CASE WHEN end_ns IS NULL THEN cost_micros END), 0)"
+            " FROM jobs WHERE create_ns >= ? AND create_ns < ?"
+        )
+        args: list[Any] = [start_ns, end_ns]
+        if tenant is not None:
+            sql += " AND tenant = ?"
+            args.append(tenant)
+        sql += " GROUP BY 1, 2, 3, 4 ORDER BY 4, 1, 2, 3"
+        return [UsageGroup(*row) for row in self._db.execute(sql, args).fetchall()]
 
     def _insert_event(self, job_id: str, event: common_pb2.JobEvent) -> None:
         self._db.execute(
@@ -215,7 +333,8 @@ class SQLiteJobStore(JobStore):
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "UPDATE jobs SET state = ?, job = ?, stage = ?, handle = ?, extra = ?, end_ns = ? WHERE id = ?",
+                "UPDATE jobs SET state = ?, job = ?, stage = ?, handle = ?, extra = ?, end_ns = ?, provider = ?,"
+                " cost_micros = ? WHERE id = ?",
                 (
                     job.state,
                     job.SerializeToString(),
@@ -223,6 +342,8 @@ class SQLiteJobStore(JobStore):
                     json.dumps(record.handle) if record.handle else None,
                     json.dumps(record.extra),
                     job.end_time.ToNanoseconds() if job.HasField("end_time") else None,
+                    job.provider,
+                    charged_micros(job),
                     job.id,
                 ),
             )

@@ -27,6 +27,7 @@ def make_settings(tmp_path, **overrides):
         heartbeat_interval=0.5,
         shutdown_grace=0.5,
         allow_private_urls=True,
+        metrics_listen="",
     )
     values.update(overrides)
     return load_settings(environ={}, **values)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from mediagen.v1 import common_pb2 as _common_pb2
 import builtins as _builtins
 import sys
@@ -19,6 +20,32 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _CircuitState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CircuitStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CircuitState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CIRCUIT_STATE_UNSPECIFIED: _CircuitState.ValueType  # 0
+    CIRCUIT_STATE_CLOSED: _CircuitState.ValueType  # 1
+    """Calls flow normally."""
+    CIRCUIT_STATE_OPEN: _CircuitState.ValueType  # 2
+    """The vendor failed repeatedly; no calls until the cool-down ends."""
+    CIRCUIT_STATE_HALF_OPEN: _CircuitState.ValueType  # 3
+    """Cool-down over: one trial call decides whether to close or open again."""
+
+class CircuitState(_CircuitState, metaclass=_CircuitStateEnumTypeWrapper):
+    """State of a provider's circuit breaker. New values may be added."""
+
+CIRCUIT_STATE_UNSPECIFIED: CircuitState.ValueType  # 0
+CIRCUIT_STATE_CLOSED: CircuitState.ValueType  # 1
+"""Calls flow normally."""
+CIRCUIT_STATE_OPEN: CircuitState.ValueType  # 2
+"""The vendor failed repeatedly; no calls until the cool-down ends."""
+CIRCUIT_STATE_HALF_OPEN: CircuitState.ValueType  # 3
+"""Cool-down over: one trial call decides whether to close or open again."""
+Global___CircuitState: _TypeAlias = CircuitState  # noqa: Y015
 
 @_typing.final
 class Provider(_message.Message):
@@ -42,6 +69,7 @@ class Provider(_message.Message):
     MOCK_FIELD_NUMBER: _builtins.int
     DOCUMENTATION_URI_FIELD_NUMBER: _builtins.int
     NOTES_FIELD_NUMBER: _builtins.int
+    CIRCUIT_STATE_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Stable id used in requests, e.g. "runway", "elevenlabs", "mock"."""
     display_name: _builtins.str
@@ -60,6 +88,10 @@ class Provider(_message.Message):
     """Runs offline and makes synthetic media; costs nothing."""
     documentation_uri: _builtins.str
     """Where the vendor documents the API."""
+    circuit_state: Global___CircuitState.ValueType
+    """The circuit breaker: OPEN while the vendor keeps failing (requests are
+    not sent to it until a trial call succeeds).
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What it can do, e.g. "text_to_video", "image_to_video", "voices",
@@ -99,10 +131,11 @@ class Provider(_message.Message):
         mock: _builtins.bool = ...,
         documentation_uri: _builtins.str = ...,
         notes: _abc.Iterable[_builtins.str] | None = ...,
+        circuit_state: Global___CircuitState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "retire_time", b"retire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "configured", b"configured", "default", b"default", "display_name", b"display_name", "documentation_uri", b"documentation_uri", "limits", b"limits", "media_type", b"media_type", "mock", b"mock", "models", b"models", "name", b"name", "not_configured_reason", b"not_configured_reason", "notes", b"notes", "prices", b"prices", "retire_time", b"retire_time", "retired", b"retired", "retired_note", b"retired_note"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "circuit_state", b"circuit_state", "configured", b"configured", "default", b"default", "display_name", b"display_name", "documentation_uri", b"documentation_uri", "limits", b"limits", "media_type", b"media_type", "mock", b"mock", "models", b"models", "name", b"name", "not_configured_reason", b"not_configured_reason", "notes", b"notes", "prices", b"prices", "retire_time", b"retire_time", "retired", b"retired", "retired_note", b"retired_note"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
