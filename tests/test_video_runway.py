@@ -113,7 +113,8 @@ async def runway(monkeypatch, tmp_path):
         monkeypatch.setenv("RUNWAY_BASE_URL", api.url)
         monkeypatch.setenv("RUNWAYML_API_SECRET", fake.key)
         monkeypatch.delenv("RUNWAY_API_KEY", raising=False)
-        server = MediagenServer(make_settings(tmp_path))
+        # Failure tests run many jobs in a row: keep the circuit breaker out of their way.
+        server = MediagenServer(make_settings(tmp_path, circuit_threshold=1000))
         server.registry.get(VIDEO, "runway").http.retry = FAST
         server.runner.output_retry = FAST
         await server.start()
