@@ -7,11 +7,13 @@ BadRequest field violations.
 
 from __future__ import annotations
 
+import io
 import math
 import re
 import uuid
 
 from google.protobuf.message import Message
+from PIL import Image
 
 from mediagen.v1 import common_pb2
 from providers.errors import FieldViolation, InvalidArgument
@@ -24,6 +26,8 @@ MAX_DIMENSION = 8192
 MAX_COUNT = 10
 MAX_NAME_CHARS = 128
 MAX_INLINE_INPUT_BYTES = 16 * 1024 * 1024
+# 40 megapixels: above any vendor's input limit, far below a decompression bomb.
+MAX_INPUT_PIXELS = 40_000_000
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:\-/]*$")
 _ASPECT = re.compile(r"^[1-9][0-9]{0,3}:[1-9][0-9]{0,3}$")
 # Control characters other than tab, newline and carriage return.
@@ -143,8 +147,23 @@ def _input_problems(name: str, media_input: common_pb2.MediaInput) -> list[Field
             return [FieldViolation(f"{name}.data", "is empty", "REQUIRED")]
         if len(media_input.data) > MAX_INLINE_INPUT_BYTES:
             return [FieldViolation(f"{name}.data", f"at most {MAX_INLINE_INPUT_BYTES} bytes inline", "TOO_LARGE")]
+        return _image_problems(f"{name}.data", media_input.data)
     if source == "uri" and not media_input.uri.startswith("https://"):
         return [FieldViolation(f"{name}.uri", "must be an https:// URL", "INVALID_FORMAT")]
+    return []
+
+
+def _image_problems(name: str, data: bytes) -> list[FieldViolation]:
+    """Inline images must be PNG, JPEG or WebP of at most MAX_INPUT_PIXELS (header read only)."""
+    try:
+        with Image.open(io.BytesIO(data), formats=["PNG", "JPEG", "WEBP"]) as image:
+            width, height = image.size
+    except Image.DecompressionBombError:
+        return [FieldViolation(name, f"at most {MAX_INPUT_PIXELS} pixels", "TOO_LARGE")]
+    except (OSError, SyntaxError, ValueError):
+        return [FieldViolation(name, "must be a PNG, JPEG or WebP image", "INVALID_FORMAT")]
+    if width * height > MAX_INPUT_PIXELS:
+        return [FieldViolation(name, f"at most {MAX_INPUT_PIXELS} pixels ({width}x{height} given)", "TOO_LARGE")]
     return []
 
 
