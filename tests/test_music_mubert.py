@@ -166,42 +166,42 @@ async def test_playlist_track_with_bpm_key_and_wav(env, tmp_path):
 # --- validation before any vendor call ------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "fields, field",
-    [
-        ({"prompt": "song", "lyrics": "la la la"}, "lyrics"),
-        ({"prompt": "song", "tempo_bpm": 120}, "tempo_bpm"),
-        ({"prompt": "x" * 150, "mood": "y" * 60}, "prompt"),
-        ({"prompt": "song", "provider_options": {"playlist_index": "1.0.0"}}, "prompt"),
-        (
-            {"mood": "calm", "provider_options": {"playlist_index": "not a playlist"}},
-            "provider_options.playlist_index",
-        ),
-        ({"prompt": "song", "duration_seconds": 3}, "duration_seconds"),
-        ({"prompt": "song", "format": "AUDIO_FORMAT_OGG_OPUS"}, "format"),
-        ({"prompt": "song", "model": "v2"}, "model"),
-        ({"prompt": "song", "provider_options": {"tempo": "fast"}}, "provider_options.tempo"),
-        ({"prompt": "song", "provider_options": {"mode": "jingle"}}, "provider_options.mode"),
-        (
-            {"prompt": "song", "provider_options": {"intensity": "extreme"}},
-            "provider_options.intensity",
-        ),
-        ({"prompt": "song", "provider_options": {"bitrate": 64}}, "provider_options.bitrate"),
-        ({"prompt": "song", "provider_options": {"key": "Am"}}, "provider_options.key"),
-    ],
-)
-async def test_what_mubert_cannot_do_is_refused_before_any_call(env, fields, field):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await env.stub.GenerateMusic(request(**fields))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
-    fields_named = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields_named += [v.field for v in bad.field_violations]
-    assert field in fields_named, status
-    assert env.fake.requests == []
+REFUSED = [
+    ({"prompt": "song", "lyrics": "la la la"}, "lyrics"),
+    ({"prompt": "song", "tempo_bpm": 120}, "tempo_bpm"),
+    ({"prompt": "x" * 150, "mood": "y" * 60}, "prompt"),
+    ({"prompt": "song", "provider_options": {"playlist_index": "1.0.0"}}, "prompt"),
+    (
+        {"mood": "calm", "provider_options": {"playlist_index": "not a playlist"}},
+        "provider_options.playlist_index",
+    ),
+    ({"prompt": "song", "duration_seconds": 3}, "duration_seconds"),
+    ({"prompt": "song", "format": "AUDIO_FORMAT_OGG_OPUS"}, "format"),
+    ({"prompt": "song", "model": "v2"}, "model"),
+    ({"prompt": "song", "provider_options": {"tempo": "fast"}}, "provider_options.tempo"),
+    ({"prompt": "song", "provider_options": {"mode": "jingle"}}, "provider_options.mode"),
+    (
+        {"prompt": "song", "provider_options": {"intensity": "extreme"}},
+        "provider_options.intensity",
+    ),
+    ({"prompt": "song", "provider_options": {"bitrate": 64}}, "provider_options.bitrate"),
+    ({"prompt": "song", "provider_options": {"key": "Am"}}, "provider_options.key"),
+]
+
+
+async def test_what_mubert_cannot_do_is_refused_before_any_call(env):
+    for fields, field in REFUSED:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await env.stub.GenerateMusic(request(**fields))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(caught.value)
+        fields_named = []
+        for detail in status.details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                fields_named += [v.field for v in bad.field_violations]
+        assert field in fields_named, status
+        assert env.fake.requests == []
 
 
 async def test_missing_credentials_is_failed_precondition(tmp_path, monkeypatch):
@@ -270,25 +270,29 @@ async def test_bad_credentials_fail_with_auth_error(env):
     assert ACCESS_TOKEN not in job.error.message
 
 
-@pytest.mark.parametrize(
-    "code, grpc_code, reason",
-    [
-        ("LicenseLimitTracksCount", code_pb2.RESOURCE_EXHAUSTED, "PROVIDER_OUT_OF_CREDIT"),
-        (
-            "LicenseLimitConcurrentTrackGenerationsCount",
-            code_pb2.RESOURCE_EXHAUSTED,
-            "PROVIDER_RATE_LIMITED",
-        ),
-        ("LicenseForbiddenDuration", code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST"),
-        ("LicenseExpired", code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED"),
-    ],
-)
-async def test_licence_errors(env, code, grpc_code, reason):
-    env.fake.fail_next("POST", FakeMubert.TRACKS, FakeMubert.licence_error(code, type="monthly"))
-    job = await run(env, prompt="song", duration_seconds=5)
-    info = assert_failed(job, grpc_code, reason)
-    assert info.metadata["vendorCode"] == code
-    assert len(env.fake.calls("POST", FakeMubert.TRACKS)) == 1  # a create is never repeated
+LICENCE_ERRORS = [
+    ("LicenseLimitTracksCount", code_pb2.RESOURCE_EXHAUSTED, "PROVIDER_OUT_OF_CREDIT"),
+    (
+        "LicenseLimitConcurrentTrackGenerationsCount",
+        code_pb2.RESOURCE_EXHAUSTED,
+        "PROVIDER_RATE_LIMITED",
+    ),
+    ("LicenseForbiddenDuration", code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST"),
+    ("LicenseExpired", code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED"),
+]
+
+
+async def test_licence_errors(env):
+    for code, grpc_code, reason in LICENCE_ERRORS:
+        creates = len(env.fake.calls("POST", FakeMubert.TRACKS))
+        env.fake.fail_next(
+            "POST", FakeMubert.TRACKS, FakeMubert.licence_error(code, type="monthly")
+        )
+        job = await run(env, prompt="song", duration_seconds=5)
+        info = assert_failed(job, grpc_code, reason)
+        assert info.metadata["vendorCode"] == code
+        # A create is never repeated.
+        assert len(env.fake.calls("POST", FakeMubert.TRACKS)) == creates + 1
 
 
 async def test_validation_error_carries_the_vendor_message(env):
@@ -350,21 +354,21 @@ async def test_submit_429_is_not_repeated(env):
     assert len(env.fake.calls("POST", FakeMubert.TRACKS)) == 1
 
 
-@pytest.mark.parametrize(
-    "reply, grpc_code, reason",
-    [
-        (server_error(503), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-        (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-        (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
-        (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
-    ],
-)
-async def test_submit_failures(env, reply, grpc_code, reason):
-    env.provider.http.timeout = httpx.Timeout(0.3)
-    env.fake.fail_next("POST", FakeMubert.TRACKS, reply)
-    job = await run(env, prompt="song", duration_seconds=5)
-    assert_failed(job, grpc_code, reason)
-    assert stored_files(env) == []
+SUBMIT_FAILURES = [
+    (server_error(503), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
+    (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
+]
+
+
+async def test_submit_failures(env):
+    for reply, grpc_code, reason in SUBMIT_FAILURES:
+        env.provider.http.timeout = httpx.Timeout(0.3)
+        env.fake.fail_next("POST", FakeMubert.TRACKS, reply)
+        job = await run(env, prompt="song", duration_seconds=5)
+        assert_failed(job, grpc_code, reason)
+        assert stored_files(env) == []
 
 
 async def test_output_url_404_fails_and_stores_nothing(env):

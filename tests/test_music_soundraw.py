@@ -188,53 +188,53 @@ def test_tempo_buckets():
 # --- validation ---------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "fields, field",
-    [
-        ({"mood": "happy", "prompt": "a happy song"}, "prompt"),
-        ({"mood": "happy", "lyrics": "la la"}, "lyrics"),
-        ({"mood": "jolly"}, "mood"),
-        ({"genre": "Polka"}, "genre"),
-        ({"theme": "Space Opera"}, "theme"),
-        ({"mood": "happy", "duration_seconds": 5}, "duration_seconds"),
-        ({"mood": "happy", "duration_seconds": 400}, "duration_seconds"),
-        ({"mood": "happy", "format": "AUDIO_FORMAT_FLAC"}, "format"),
-        ({"mood": "happy", "model": "v3"}, "model"),
-        ({"mood": "happy", "provider_options": {"tempo": "fast"}}, "provider_options.tempo"),
-        ({"mood": "happy", "tempo_bpm": 100, "provider_options": {"tempo": "low"}}, "tempo_bpm"),
-        ({"mood": "happy", "provider_options": {"bpm": 100}}, "provider_options.bpm"),
-        (
-            {
-                "mood": "happy",
-                "provider_options": {"energy_levels": [{"start": 0, "end": 99, "energy": "Low"}]},
-            },
-            "provider_options.energy_levels[0]",
-        ),
-        (
-            {
-                "mood": "happy",
-                "provider_options": {"energy_levels": [{"start": 0, "end": 5, "energy": "Loud"}]},
-            },
-            "provider_options.energy_levels[0].energy",
-        ),
-        (
-            {"mood": "happy", "provider_options": {"mute_stems": ["bass guitar"]}},
-            "provider_options.mute_stems",
-        ),
-    ],
-)
-async def test_what_soundraw_cannot_do_is_refused(env, fields, field):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await env.stub.GenerateMusic(request(**fields))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
-    named = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            named += [v.field for v in bad.field_violations]
-    assert field in named, status
-    assert env.fake.requests == []
+REFUSED = [
+    ({"mood": "happy", "prompt": "a happy song"}, "prompt"),
+    ({"mood": "happy", "lyrics": "la la"}, "lyrics"),
+    ({"mood": "jolly"}, "mood"),
+    ({"genre": "Polka"}, "genre"),
+    ({"theme": "Space Opera"}, "theme"),
+    ({"mood": "happy", "duration_seconds": 5}, "duration_seconds"),
+    ({"mood": "happy", "duration_seconds": 400}, "duration_seconds"),
+    ({"mood": "happy", "format": "AUDIO_FORMAT_FLAC"}, "format"),
+    ({"mood": "happy", "model": "v3"}, "model"),
+    ({"mood": "happy", "provider_options": {"tempo": "fast"}}, "provider_options.tempo"),
+    ({"mood": "happy", "tempo_bpm": 100, "provider_options": {"tempo": "low"}}, "tempo_bpm"),
+    ({"mood": "happy", "provider_options": {"bpm": 100}}, "provider_options.bpm"),
+    (
+        {
+            "mood": "happy",
+            "provider_options": {"energy_levels": [{"start": 0, "end": 99, "energy": "Low"}]},
+        },
+        "provider_options.energy_levels[0]",
+    ),
+    (
+        {
+            "mood": "happy",
+            "provider_options": {"energy_levels": [{"start": 0, "end": 5, "energy": "Loud"}]},
+        },
+        "provider_options.energy_levels[0].energy",
+    ),
+    (
+        {"mood": "happy", "provider_options": {"mute_stems": ["bass guitar"]}},
+        "provider_options.mute_stems",
+    ),
+]
+
+
+async def test_what_soundraw_cannot_do_is_refused(env):
+    for fields, field in REFUSED:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await env.stub.GenerateMusic(request(**fields))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(caught.value)
+        named = []
+        for detail in status.details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                named += [v.field for v in bad.field_violations]
+        assert field in named, (fields, status)
+        assert env.fake.requests == []
 
 
 async def test_unknown_mood_lists_the_allowed_values(env):
@@ -294,49 +294,51 @@ async def test_catalog_entry(env):
 # --- vendor failures -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "reply, grpc_code, reason",
-    [
-        (
-            error_reply(401, {"message": "Unauthenticated."}),
-            code_pb2.FAILED_PRECONDITION,
-            "PROVIDER_AUTH_FAILED",
+COMPOSE_FAILURES = [
+    (
+        error_reply(401, {"message": "Unauthenticated."}),
+        code_pb2.FAILED_PRECONDITION,
+        "PROVIDER_AUTH_FAILED",
+    ),
+    (
+        error_reply(402, {"message": "Payment required."}),
+        code_pb2.RESOURCE_EXHAUSTED,
+        "PROVIDER_OUT_OF_CREDIT",
+    ),
+    (
+        error_reply(
+            422,
+            {
+                "message": "The length is invalid.",
+                "errors": {"length": ["The length is invalid."]},
+            },
         ),
-        (
-            error_reply(402, {"message": "Payment required."}),
-            code_pb2.RESOURCE_EXHAUSTED,
-            "PROVIDER_OUT_OF_CREDIT",
-        ),
-        (
-            error_reply(
-                422,
-                {
-                    "message": "The length is invalid.",
-                    "errors": {"length": ["The length is invalid."]},
-                },
-            ),
-            code_pb2.INVALID_ARGUMENT,
-            "PROVIDER_INVALID_REQUEST",
-        ),
-        (
-            rate_limited(retry_after=5, body={"message": "Too many requests."}),
-            code_pb2.RESOURCE_EXHAUSTED,
-            "PROVIDER_RATE_LIMITED",
-        ),
-        (server_error(500), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-        (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-        (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
-        (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
-    ],
-)
-async def test_compose_failures(env, reply, grpc_code, reason):
-    env.provider.http.timeout = httpx.Timeout(0.3)
-    env.fake.fail_next("POST", FakeSoundraw.COMPOSE, reply)
-    job = await run(env, mood="happy", duration_seconds=10)
-    assert_failed(job, grpc_code, reason)
-    assert len(env.fake.calls("POST", FakeSoundraw.COMPOSE)) == 1  # a paid call is never repeated
-    assert API_TOKEN not in job.error.message
-    assert stored_files(env) == []
+        code_pb2.INVALID_ARGUMENT,
+        "PROVIDER_INVALID_REQUEST",
+    ),
+    (
+        rate_limited(retry_after=5, body={"message": "Too many requests."}),
+        code_pb2.RESOURCE_EXHAUSTED,
+        "PROVIDER_RATE_LIMITED",
+    ),
+    (server_error(500), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
+    (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
+]
+
+
+async def test_compose_failures(env):
+    for reply, grpc_code, reason in COMPOSE_FAILURES:
+        env.provider.http.timeout = httpx.Timeout(0.3)
+        composes = len(env.fake.calls("POST", FakeSoundraw.COMPOSE))
+        env.fake.fail_next("POST", FakeSoundraw.COMPOSE, reply)
+        job = await run(env, mood="happy", duration_seconds=10)
+        assert_failed(job, grpc_code, reason)
+        # A paid call is never repeated.
+        assert len(env.fake.calls("POST", FakeSoundraw.COMPOSE)) == composes + 1
+        assert API_TOKEN not in job.error.message
+        assert stored_files(env) == []
 
 
 async def test_validation_error_keeps_the_vendor_message(env):

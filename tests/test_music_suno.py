@@ -203,52 +203,52 @@ async def test_callback_exception_with_clips_is_a_success(env):
 # --- validation -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "fields, field",
-    [
-        ({"prompt": "song", "duration_seconds": 30}, "duration_seconds"),
-        ({"lyrics": LYRICS, "genre": "pop", "instrumental": True}, "lyrics"),
-        ({"prompt": "song", "format": "AUDIO_FORMAT_WAV"}, "format"),
-        ({"prompt": "song", "model": "V9"}, "model"),
-        ({"prompt": "x" * 490, "genre": "electronic pop"}, "prompt"),
-        ({"lyrics": "la " * 1100, "genre": "pop", "model": "V4"}, "lyrics"),
-        ({"lyrics": LYRICS}, "genre"),
-        ({"genre": "pop", "provider_options": {"style": "pop"}}, "lyrics"),
-        (
-            {"lyrics": LYRICS, "genre": "pop", "provider_options": {"title": "t" * 101}},
-            "provider_options.title",
-        ),
-        (
-            {"prompt": "song", "provider_options": {"vocalGender": "f"}},
-            "provider_options.vocalGender",
-        ),
-        (
-            {"lyrics": LYRICS, "genre": "pop", "provider_options": {"vocalGender": "x"}},
-            "provider_options.vocalGender",
-        ),
-        (
-            {"prompt": "song", "provider_options": {"styleWeight": 2}},
-            "provider_options.styleWeight",
-        ),
-        ({"prompt": "song", "provider_options": {"duration": 30}}, "provider_options.duration"),
-        (
-            {"lyrics": LYRICS, "genre": "pop", "provider_options": {"customMode": False}},
-            "provider_options.customMode",
-        ),
-    ],
-)
-async def test_what_suno_cannot_do_is_refused(env, fields, field):
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await env.stub.GenerateMusic(request(**fields))
-    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    status = rpc_status.from_call(caught.value)
-    named = []
-    for detail in status.details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            named += [v.field for v in bad.field_violations]
-    assert field in named, status
-    assert env.fake.requests == []
+REFUSED = [
+    ({"prompt": "song", "duration_seconds": 30}, "duration_seconds"),
+    ({"lyrics": LYRICS, "genre": "pop", "instrumental": True}, "lyrics"),
+    ({"prompt": "song", "format": "AUDIO_FORMAT_WAV"}, "format"),
+    ({"prompt": "song", "model": "V9"}, "model"),
+    ({"prompt": "x" * 490, "genre": "electronic pop"}, "prompt"),
+    ({"lyrics": "la " * 1100, "genre": "pop", "model": "V4"}, "lyrics"),
+    ({"lyrics": LYRICS}, "genre"),
+    ({"genre": "pop", "provider_options": {"style": "pop"}}, "lyrics"),
+    (
+        {"lyrics": LYRICS, "genre": "pop", "provider_options": {"title": "t" * 101}},
+        "provider_options.title",
+    ),
+    (
+        {"prompt": "song", "provider_options": {"vocalGender": "f"}},
+        "provider_options.vocalGender",
+    ),
+    (
+        {"lyrics": LYRICS, "genre": "pop", "provider_options": {"vocalGender": "x"}},
+        "provider_options.vocalGender",
+    ),
+    (
+        {"prompt": "song", "provider_options": {"styleWeight": 2}},
+        "provider_options.styleWeight",
+    ),
+    ({"prompt": "song", "provider_options": {"duration": 30}}, "provider_options.duration"),
+    (
+        {"lyrics": LYRICS, "genre": "pop", "provider_options": {"customMode": False}},
+        "provider_options.customMode",
+    ),
+]
+
+
+async def test_what_suno_cannot_do_is_refused(env):
+    for fields, field in REFUSED:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await env.stub.GenerateMusic(request(**fields))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        status = rpc_status.from_call(caught.value)
+        named = []
+        for detail in status.details:
+            bad = error_details_pb2.BadRequest()
+            if detail.Unpack(bad):
+                named += [v.field for v in bad.field_violations]
+        assert field in named, (fields, status)
+        assert env.fake.requests == []
 
 
 @pytest.mark.parametrize(
@@ -299,34 +299,35 @@ async def test_catalog_entry(env):
 # --- vendor failures -------------------------------------------------------------------------
 
 
+GATEWAY_ERRORS = [
+    (
+        401,
+        "You do not have access permissions",
+        code_pb2.FAILED_PRECONDITION,
+        "PROVIDER_AUTH_FAILED",
+    ),
+    (
+        429,
+        "The current credits are insufficient",
+        code_pb2.RESOURCE_EXHAUSTED,
+        "PROVIDER_OUT_OF_CREDIT",
+    ),
+    (413, "Theme or prompt too long", code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST"),
+    (400, "The prompt contains sensitive words", code_pb2.INVALID_ARGUMENT, "CONTENT_REJECTED"),
+    (455, "System maintenance", code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+]
+
+
 @pytest.mark.parametrize("envelope_only", [False, True])
-@pytest.mark.parametrize(
-    "code, msg, grpc_code, reason",
-    [
-        (
-            401,
-            "You do not have access permissions",
-            code_pb2.FAILED_PRECONDITION,
-            "PROVIDER_AUTH_FAILED",
-        ),
-        (
-            429,
-            "The current credits are insufficient",
-            code_pb2.RESOURCE_EXHAUSTED,
-            "PROVIDER_OUT_OF_CREDIT",
-        ),
-        (413, "Theme or prompt too long", code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST"),
-        (400, "The prompt contains sensitive words", code_pb2.INVALID_ARGUMENT, "CONTENT_REJECTED"),
-        (455, "System maintenance", code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-    ],
-)
-async def test_gateway_error_codes_on_submit(env, envelope_only, code, msg, grpc_code, reason):
+async def test_gateway_error_codes_on_submit(env, envelope_only):
     env.fake.envelope_only = envelope_only
-    env.fake.fail_next("POST", FakeSuno.GENERATE, env.fake.error(code, msg))
-    job = await run(env, prompt="song")
-    assert_failed(job, grpc_code, reason)
-    assert msg in job.error.message
-    assert len(env.fake.calls("POST", FakeSuno.GENERATE)) == 1
+    for code, msg, grpc_code, reason in GATEWAY_ERRORS:
+        submits = len(env.fake.calls("POST", FakeSuno.GENERATE))
+        env.fake.fail_next("POST", FakeSuno.GENERATE, env.fake.error(code, msg))
+        job = await run(env, prompt="song")
+        assert_failed(job, grpc_code, reason)
+        assert msg in job.error.message
+        assert len(env.fake.calls("POST", FakeSuno.GENERATE)) == submits + 1
 
 
 async def test_bad_key_fails_with_auth_error(env):
@@ -336,20 +337,20 @@ async def test_bad_key_fails_with_auth_error(env):
     assert API_KEY not in job.error.message
 
 
-@pytest.mark.parametrize(
-    "reply, grpc_code, reason",
-    [
-        (server_error(503), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-        (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
-        (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
-        (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
-    ],
-)
-async def test_submit_transport_failures(env, reply, grpc_code, reason):
-    env.provider.http.timeout = httpx.Timeout(0.3)
-    env.fake.fail_next("POST", FakeSuno.GENERATE, reply)
-    job = await run(env, prompt="song")
-    assert_failed(job, grpc_code, reason)
+TRANSPORT_FAILURES = [
+    (server_error(503), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (dropped(), code_pb2.UNAVAILABLE, "PROVIDER_UNAVAILABLE"),
+    (malformed_json(), code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE"),
+    (slow(2.0), code_pb2.UNAVAILABLE, "PROVIDER_TIMEOUT"),
+]
+
+
+async def test_submit_transport_failures(env):
+    for reply, grpc_code, reason in TRANSPORT_FAILURES:
+        env.provider.http.timeout = httpx.Timeout(0.3)
+        env.fake.fail_next("POST", FakeSuno.GENERATE, reply)
+        job = await run(env, prompt="song")
+        assert_failed(job, grpc_code, reason)
 
 
 async def test_poll_retries_honour_retry_after(env):
