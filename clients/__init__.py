@@ -43,10 +43,13 @@ from clients.errors import (
 from clients.media import MEDIA_NAMES, Media, MediaLike
 from clients.retry import DEFAULT_RETRY, RetryPolicy
 from clients.sync import MediagenClient
+from clients.webhooks import WebhookVerificationError, verify_webhook
 from mediagen.v1.catalog_pb2 import Provider
 from mediagen.v1.common_pb2 import Artifact, Job, JobEvent, JobState, MediaType
 
 __all__ = [
+    "WebhookVerificationError",
+    "verify_webhook",
     "DEFAULT_RETRY",
     "DEFAULT_TARGET",
     "DEFAULT_TIMEOUT",

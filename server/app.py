@@ -25,6 +25,7 @@ from server.runner import JobRunner
 from server.services import CatalogServicer, JobService, media_servicer
 from server.store import JobStore, SQLiteJobStore
 from server.usage import UsageServicer
+from server.webhooks import WebhookPolicy, WebhookSender
 
 log = structlog.get_logger("mediagen.server")
 
@@ -65,8 +66,16 @@ class MediagenServer:
         self.store = store or SQLiteJobStore(settings.database_path)
         self.bus = EventBus()
         self.router = Router(self.registry, settings)
+        self.webhook_policy = WebhookPolicy(settings)
+        self.webhooks = WebhookSender(self.store, self.webhook_policy, settings)
         self.runner = JobRunner(
-            store=self.store, bus=self.bus, router=self.router, storage=self.storage, settings=settings
+            store=self.store,
+            bus=self.bus,
+            router=self.router,
+            storage=self.storage,
+            settings=settings,
+            webhooks=self.webhook_policy,
+            on_webhooks=self.webhooks.wake,
         )
         self.jobs = JobService(
             settings=settings,
@@ -75,6 +84,7 @@ class MediagenServer:
             router=self.router,
             storage=self.storage,
             runner=self.runner,
+            webhooks=self.webhook_policy,
         )
         self.metrics_port = 0
         self._metrics_server = None
@@ -122,6 +132,7 @@ class MediagenServer:
         await server.start()
         self.server = server
         await self.runner.recover()
+        self.webhooks.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="retention sweep")
         for name in ["", *self.service_names]:
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -145,6 +156,7 @@ class MediagenServer:
         if self.server is not None:
             await self.server.stop(grace)
         await self.runner.shutdown()
+        await self.webhooks.close()
         await self.registry.aclose()
         await self.storage.aclose()
         await self.store.close()

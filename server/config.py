@@ -59,6 +59,12 @@ class Settings:
     circuit_cooldown: float = 30.0
     # Spending limits: "tenant:period:usd,...", tenant "*" for everyone, period day|month.
     budgets: str = ""
+    # Webhook signing secrets, "tenant:whsec_<base64>,..." (tenant * for everyone).
+    webhook_secrets: str = ""
+    # Default webhook per tenant, "tenant=https://...,..." (tenant * for everyone).
+    webhook_defaults: str = ""
+    # How long a webhook event is retried before it is given up.
+    webhook_retry_for: float = 24 * 3600.0
     # Prometheus metrics over HTTP ("host:port"); empty: off.
     metrics_listen: str = "0.0.0.0:9464"
     # Seconds between vendor polls at first, and the most it backs off to.
@@ -150,6 +156,16 @@ class Settings:
 
             try:
                 parse_tokens(self.auth_tokens)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
+        if self.webhook_secrets or self.webhook_defaults:
+            from server.webhooks import parse_secrets
+
+            try:
+                parse_secrets(self.webhook_secrets)
+                for item in filter(None, (p.strip() for p in self.webhook_defaults.split(","))):
+                    if "=" not in item:
+                        raise ValueError("webhook_defaults: each entry must be tenant=https://...")
             except ValueError as exc:
                 raise ConfigError(str(exc)) from None
         if self.log_format not in ("auto", "json", "console"):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import structlog
@@ -58,6 +59,7 @@ from server.events import EventBus
 from server.jobs import media_key, now_timestamp, request_class, seconds_until
 from server.routing import Router
 from server.store import JobRecord, JobStore
+from server.webhooks import WebhookPolicy
 
 log = structlog.get_logger("mediagen.runner")
 
@@ -93,6 +95,8 @@ class JobRunner:
         storage: Storage,
         settings: Settings,
         output_retry: RetryPolicy | None = None,
+        webhooks: WebhookPolicy | None = None,
+        on_webhooks: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.bus = bus
@@ -100,6 +104,9 @@ class JobRunner:
         self.storage = storage
         self.settings = settings
         self.output_retry = output_retry or RetryPolicy()
+        self.webhooks = webhooks
+        # Called after a change that queued webhook events (wakes the sender).
+        self.on_webhooks = on_webhooks
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._active: dict[str, _Active] = {}
 
@@ -155,8 +162,11 @@ class JobRunner:
         event = common_pb2.JobEvent(
             sequence=job.last_sequence, type=event_type, event_time=job.update_time, job=job
         )
-        await self.store.save(record, event)
+        outbox = self.webhooks.items_for(record, event) if self.webhooks else []
+        await self.store.save(record, event, outbox)
         self.bus.publish(job.id, event)
+        if outbox and self.on_webhooks:
+            self.on_webhooks()
         return event
 
     # --- one job ---------------------------------------------------------------

@@ -45,6 +45,7 @@ from server.rpc_errors import rpc
 from server.runner import JobRunner
 from server.store import JobRecord, JobStore
 from server.validation import validate_generate, validate_job_id
+from server.webhooks import WebhookPolicy, delivery_message
 
 log = structlog.get_logger("mediagen.rpc")
 
@@ -74,8 +75,10 @@ class JobService:
         router: Router,
         storage: Storage,
         runner: JobRunner,
+        webhooks: WebhookPolicy,
     ) -> None:
         self.settings = settings
+        self.webhooks = webhooks
         self.store = store
         self.bus = bus
         self.router = router
@@ -99,6 +102,7 @@ class JobService:
             raise InvalidArgument.field(
                 "model", f"unknown model for {provider.name}; known: {', '.join(known_models)}", "UNKNOWN_MODEL"
             )
+        webhook = await self.webhooks.config_for(request, tenant)
         timeout = self.settings.job_timeout
         if request.HasField("timeout"):
             timeout = min(request.timeout.ToNanoseconds() / 1e9, self.settings.max_job_timeout)
@@ -119,9 +123,10 @@ class JobService:
             last_sequence=1,
         )
         event = common_pb2.JobEvent(sequence=1, type=common_pb2.JOB_EVENT_TYPE_CREATED, event_time=now, job=job)
-        record = JobRecord(
-            job=job, request=request.SerializeToString(), extra={"candidates": [p.name for p in candidates[1:]]}
-        )
+        extra: dict = {"candidates": [p.name for p in candidates[1:]]}
+        if webhook:
+            extra["webhook"] = webhook
+        record = JobRecord(job=job, request=request.SerializeToString(), extra=extra)
         record, created = await self.store.create(record, event, checks_for(self.budgets, tenant))
         if created:
             self.runner.start(record)
@@ -144,6 +149,8 @@ class JobService:
     async def get(self, media_type: int, request, tenant: str) -> common_pb2.Job:
         record = await self.get_record(media_type, request.job_id, tenant)
         job = record.job
+        if "webhook" in record.extra:
+            job.webhook_deliveries.extend(delivery_message(i) for i in await self.store.webhooks_for(job.id))
         if request.HasField("download_url_ttl") and job.artifacts:
             ttl = request.download_url_ttl.ToNanoseconds() / 1e9
             if ttl <= 0:

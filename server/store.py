@@ -43,6 +43,25 @@ class UsageGroup:
     reserved_micros: int
 
 
+@dataclass
+class WebhookItem:
+    """One webhook event in the outbox: written with the job change, sent by the worker."""
+
+    event_id: str
+    job_id: str
+    tenant: str
+    url: str
+    type: int  # common_pb2.WebhookEventType
+    body: bytes
+    create_ns: int
+    next_ns: int
+    attempts: int = 0
+    state: int = 1  # common_pb2.WEBHOOK_DELIVERY_STATE_PENDING
+    last_status: int = 0
+    last_error: str = ""
+    delivered_ns: int | None = None
+
+
 TERMINAL_STATES = frozenset(
     {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED}
 )
@@ -97,8 +116,21 @@ class JobStore(abc.ABC):
     async def get_by_request_id(self, tenant: str, request_id: str) -> JobRecord | None: ...
 
     @abc.abstractmethod
-    async def save(self, record: JobRecord, event: common_pb2.JobEvent | None = None) -> None:
-        """Store the record's current state, and the event in the same transaction."""
+    async def save(
+        self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: list[WebhookItem] = ()
+    ) -> None:
+        """Store the record's current state, its event and its webhook events in one transaction."""
+
+    @abc.abstractmethod
+    async def due_webhooks(self, now_ns: int, limit: int = 100) -> list[WebhookItem]:
+        """Pending webhook events whose next attempt is due, oldest first."""
+
+    @abc.abstractmethod
+    async def update_webhook(self, item: WebhookItem) -> None:
+        """Record an attempt's outcome (state, attempts, next attempt...)."""
+
+    @abc.abstractmethod
+    async def webhooks_for(self, job_id: str) -> list[WebhookItem]: ...
 
     @abc.abstractmethod
     async def list(
@@ -165,6 +197,23 @@ CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (end_ns) WHERE end_ns IS NOT NULL;
 CREATE UNIQUE INDEX IF NOT EXISTS jobs_request_id ON jobs (tenant, request_id) WHERE request_id IS NOT NULL;
 CREATE INDEX IF NOT EXISTS jobs_listing ON jobs (tenant, media_type, create_ns DESC, id DESC);
 CREATE INDEX IF NOT EXISTS jobs_unfinished ON jobs (state) WHERE state IN (1, 2);
+CREATE TABLE IF NOT EXISTS webhook_outbox (
+    event_id TEXT PRIMARY KEY,
+    job_id TEXT NOT NULL,
+    tenant TEXT NOT NULL,
+    url TEXT NOT NULL,
+    type INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    create_ns INTEGER NOT NULL,
+    next_ns INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    state INTEGER NOT NULL,
+    last_status INTEGER NOT NULL DEFAULT 0,
+    last_error TEXT NOT NULL DEFAULT '',
+    delivered_ns INTEGER
+);
+CREATE INDEX IF NOT EXISTS webhook_due ON webhook_outbox (next_ns) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS webhook_job ON webhook_outbox (job_id);
 CREATE TABLE IF NOT EXISTS events (
     job_id TEXT NOT NULL,
     sequence INTEGER NOT NULL,
@@ -328,7 +377,9 @@ class SQLiteJobStore(JobStore):
         ).fetchone()
         return self._row_to_record(row) if row else None
 
-    async def save(self, record: JobRecord, event: common_pb2.JobEvent | None = None) -> None:
+    async def save(
+        self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: list[WebhookItem] = ()
+    ) -> None:
         job = record.job
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -349,6 +400,41 @@ class SQLiteJobStore(JobStore):
             )
             if event is not None:
                 self._insert_event(job.id, event)
+            for item in webhooks:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO webhook_outbox (event_id, job_id, tenant, url, type, body, create_ns, next_ns,"
+                    " attempts, state) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                    (item.event_id, item.job_id, item.tenant, item.url, item.type, item.body, item.create_ns,
+                     item.next_ns, item.attempts, item.state),
+                )
+
+    _WEBHOOK_COLUMNS = (
+        "event_id, job_id, tenant, url, type, body, create_ns, next_ns, attempts, state, last_status, last_error,"
+        " delivered_ns"
+    )
+
+    async def due_webhooks(self, now_ns: int, limit: int = 100) -> list[WebhookItem]:
+        rows = self._db.execute(
+            f"SELECT {self._WEBHOOK_COLUMNS} FROM webhook_outbox WHERE state = 1 AND next_ns <= ? ORDER BY next_ns LIMIT ?",
+            (now_ns, limit),
+        ).fetchall()
+        return [WebhookItem(*row) for row in rows]
+
+    async def update_webhook(self, item: WebhookItem) -> None:
+        with self._db:
+            self._db.execute(
+                "UPDATE webhook_outbox SET next_ns = ?, attempts = ?, state = ?, last_status = ?, last_error = ?,"
+                " delivered_ns = ? WHERE event_id = ?",
+                (item.next_ns, item.attempts, item.state, item.last_status, item.last_error, item.delivered_ns,
+                 item.event_id),
+            )
+
+    async def webhooks_for(self, job_id: str) -> list[WebhookItem]:
+        rows = self._db.execute(
+            f"SELECT {self._WEBHOOK_COLUMNS} FROM webhook_outbox WHERE job_id = ? ORDER BY create_ns, event_id",
+            (job_id,),
+        ).fetchall()
+        return [WebhookItem(*row) for row in rows]
 
     async def list(
         self,
@@ -400,6 +486,7 @@ class SQLiteJobStore(JobStore):
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
+            self._db.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
 
     async def close(self) -> None:

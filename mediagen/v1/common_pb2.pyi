@@ -258,6 +258,62 @@ IMAGE_FORMAT_JPEG: ImageFormat.ValueType  # 2
 IMAGE_FORMAT_WEBP: ImageFormat.ValueType  # 3
 Global___ImageFormat: _TypeAlias = ImageFormat  # noqa: Y015
 
+class _WebhookEventType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookEventType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_EVENT_TYPE_UNSPECIFIED: _WebhookEventType.ValueType  # 0
+    WEBHOOK_EVENT_TYPE_STARTED: _WebhookEventType.ValueType  # 1
+    """The job started running (job.started)."""
+    WEBHOOK_EVENT_TYPE_PROGRESS: _WebhookEventType.ValueType  # 2
+    """Progress changed (job.progress), rate-limited by progress_interval."""
+    WEBHOOK_EVENT_TYPE_SUCCEEDED: _WebhookEventType.ValueType  # 3
+    WEBHOOK_EVENT_TYPE_FAILED: _WebhookEventType.ValueType  # 4
+    WEBHOOK_EVENT_TYPE_CANCELLED: _WebhookEventType.ValueType  # 5
+
+class WebhookEventType(_WebhookEventType, metaclass=_WebhookEventTypeEnumTypeWrapper):
+    """What a webhook call reports. The body's "type" is "job.<name in lower case>".
+    New values may be added.
+    """
+
+WEBHOOK_EVENT_TYPE_UNSPECIFIED: WebhookEventType.ValueType  # 0
+WEBHOOK_EVENT_TYPE_STARTED: WebhookEventType.ValueType  # 1
+"""The job started running (job.started)."""
+WEBHOOK_EVENT_TYPE_PROGRESS: WebhookEventType.ValueType  # 2
+"""Progress changed (job.progress), rate-limited by progress_interval."""
+WEBHOOK_EVENT_TYPE_SUCCEEDED: WebhookEventType.ValueType  # 3
+WEBHOOK_EVENT_TYPE_FAILED: WebhookEventType.ValueType  # 4
+WEBHOOK_EVENT_TYPE_CANCELLED: WebhookEventType.ValueType  # 5
+Global___WebhookEventType: _TypeAlias = WebhookEventType  # noqa: Y015
+
+class _WebhookDeliveryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WebhookDeliveryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WebhookDeliveryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WEBHOOK_DELIVERY_STATE_UNSPECIFIED: _WebhookDeliveryState.ValueType  # 0
+    WEBHOOK_DELIVERY_STATE_PENDING: _WebhookDeliveryState.ValueType  # 1
+    """Not delivered yet; will be (re)tried at next_attempt_time."""
+    WEBHOOK_DELIVERY_STATE_DELIVERED: _WebhookDeliveryState.ValueType  # 2
+    """The receiver answered 2xx."""
+    WEBHOOK_DELIVERY_STATE_FAILED: _WebhookDeliveryState.ValueType  # 3
+    """Given up: a 4xx other than 429, or retries ran out."""
+
+class WebhookDeliveryState(_WebhookDeliveryState, metaclass=_WebhookDeliveryStateEnumTypeWrapper):
+    """Where a webhook delivery stands."""
+
+WEBHOOK_DELIVERY_STATE_UNSPECIFIED: WebhookDeliveryState.ValueType  # 0
+WEBHOOK_DELIVERY_STATE_PENDING: WebhookDeliveryState.ValueType  # 1
+"""Not delivered yet; will be (re)tried at next_attempt_time."""
+WEBHOOK_DELIVERY_STATE_DELIVERED: WebhookDeliveryState.ValueType  # 2
+"""The receiver answered 2xx."""
+WEBHOOK_DELIVERY_STATE_FAILED: WebhookDeliveryState.ValueType  # 3
+"""Given up: a 4xx other than 429, or retries ran out."""
+Global___WebhookDeliveryState: _TypeAlias = WebhookDeliveryState  # noqa: Y015
+
 @_typing.final
 class Job(_message.Message):
     """A generation job: the one resource every media service creates and serves.
@@ -287,6 +343,7 @@ class Job(_message.Message):
     LAST_SEQUENCE_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    WEBHOOK_DELIVERIES_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Server-assigned id, e.g. "job_01J9...". Stable for the life of the job."""
     media_type: Global___MediaType.ValueType
@@ -337,6 +394,10 @@ class Job(_message.Message):
     def expire_time(self) -> _timestamp_pb2.Timestamp:
         """When the job is given up on if it has not ended."""
 
+    @_builtins.property
+    def webhook_deliveries(self) -> _containers.RepeatedCompositeFieldContainer[Global___WebhookDelivery]:
+        """Webhook deliveries for this job, oldest first, with their outcome."""
+
     def __init__(
         self,
         *,
@@ -360,10 +421,11 @@ class Job(_message.Message):
         last_sequence: _builtins.int = ...,
         tenant: _builtins.str = ...,
         expire_time: _timestamp_pb2.Timestamp | None = ...,
+        webhook_deliveries: _abc.Iterable[Global___WebhookDelivery] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimated_cost", b"estimated_cost", "expire_time", b"expire_time", "final_cost", b"final_cost", "progress", b"progress", "start_time", b"start_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimated_cost", b"estimated_cost", "expire_time", b"expire_time", "final_cost", b"final_cost", "id", b"id", "last_sequence", b"last_sequence", "media_type", b"media_type", "model", b"model", "progress", b"progress", "provider", b"provider", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "tenant", b"tenant", "update_time", b"update_time", "vendor_job_id", b"vendor_job_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifacts", b"artifacts", "attempts", b"attempts", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "estimated_cost", b"estimated_cost", "expire_time", b"expire_time", "final_cost", b"final_cost", "id", b"id", "last_sequence", b"last_sequence", "media_type", b"media_type", "model", b"model", "progress", b"progress", "provider", b"provider", "request_id", b"request_id", "start_time", b"start_time", "state", b"state", "tenant", b"tenant", "update_time", b"update_time", "vendor_job_id", b"vendor_job_id", "webhook_deliveries", b"webhook_deliveries"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -666,3 +728,88 @@ class JobEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JobEvent: _TypeAlias = JobEvent  # noqa: Y015
+
+@_typing.final
+class Webhook(_message.Message):
+    """Where and when to call the caller back about a job (Standard Webhooks)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    URL_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
+    PROGRESS_INTERVAL_FIELD_NUMBER: _builtins.int
+    url: _builtins.str
+    """An https URL. Private, loopback and link-local targets are refused."""
+    @_builtins.property
+    def events(self) -> _containers.RepeatedScalarFieldContainer[Global___WebhookEventType.ValueType]:
+        """Events to send; empty means SUCCEEDED, FAILED and CANCELLED."""
+
+    @_builtins.property
+    def progress_interval(self) -> _duration_pb2.Duration:
+        """With PROGRESS: at most one progress call per this interval (default 10 s)."""
+
+    def __init__(
+        self,
+        *,
+        url: _builtins.str = ...,
+        events: _abc.Iterable[Global___WebhookEventType.ValueType] | None = ...,
+        progress_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["progress_interval", b"progress_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "progress_interval", b"progress_interval", "url", b"url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Webhook: _TypeAlias = Webhook  # noqa: Y015
+
+@_typing.final
+class WebhookDelivery(_message.Message):
+    """One webhook event and how its delivery went."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENT_ID_FIELD_NUMBER: _builtins.int
+    TYPE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LAST_STATUS_CODE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    NEXT_ATTEMPT_TIME_FIELD_NUMBER: _builtins.int
+    DELIVERED_TIME_FIELD_NUMBER: _builtins.int
+    event_id: _builtins.str
+    """The "webhook-id" header: the same on every retry of this event."""
+    type: Global___WebhookEventType.ValueType
+    state: Global___WebhookDeliveryState.ValueType
+    attempts: _builtins.int
+    last_status_code: _builtins.int
+    """HTTP status of the last attempt; 0 when it got no answer."""
+    last_error: _builtins.str
+    """Why the last attempt failed, when it did."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def next_attempt_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def delivered_time(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        event_id: _builtins.str = ...,
+        type: Global___WebhookEventType.ValueType = ...,
+        state: Global___WebhookDeliveryState.ValueType = ...,
+        attempts: _builtins.int = ...,
+        last_status_code: _builtins.int = ...,
+        last_error: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        next_attempt_time: _timestamp_pb2.Timestamp | None = ...,
+        delivered_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delivered_time", b"delivered_time", "next_attempt_time", b"next_attempt_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "create_time", b"create_time", "delivered_time", b"delivered_time", "event_id", b"event_id", "last_error", b"last_error", "last_status_code", b"last_status_code", "next_attempt_time", b"next_attempt_time", "state", b"state", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WebhookDelivery: _TypeAlias = WebhookDelivery  # noqa: Y015

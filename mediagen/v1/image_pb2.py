@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from mediagen.v1 import common_pb2 as mediagen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mediagen/v1/image.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xab\x03\n\x14GenerateImageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x0b \x01(\t\x12\r\n\x05width\x18\x0c \x01(\x05\x12\x0e\n\x06height\x18\r \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x0e \x01(\t\x12\x0f\n\x07quality\x18\x0f \x01(\t\x12\x11\n\x04seed\x18\x10 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x11 \x01(\x05\x12(\n\x06\x66ormat\x18\x12 \x01(\x0e\x32\x18.mediagen.v1.ImageFormat\x12\r\n\x05style\x18\x13 \x01(\t\x12,\n\x0binput_image\x18\x14 \x01(\x0b\x32\x17.mediagen.v1.MediaInputB\x07\n\x05_seed\"6\n\x15GenerateImageResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Y\n\x12GetImageJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x13GetImageJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"c\n\x14ListImageJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"P\n\x15ListImageJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x43\x61ncelImageJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x16\x43\x61ncelImageJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\">\n\x14WatchImageJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x15WatchImageJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"P\n\x1aGenerateImageStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.mediagen.v1.GenerateImageRequest\"C\n\x1bGenerateImageStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"N\n\x14\x44ownloadImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"^\n\x15\x44ownloadImageResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8b\x05\n\x0cImageService\x12V\n\rGenerateImage\x12!.mediagen.v1.GenerateImageRequest\x1a\".mediagen.v1.GenerateImageResponse\x12P\n\x0bGetImageJob\x12\x1f.mediagen.v1.GetImageJobRequest\x1a .mediagen.v1.GetImageJobResponse\x12V\n\rListImageJobs\x12!.mediagen.v1.ListImageJobsRequest\x1a\".mediagen.v1.ListImageJobsResponse\x12Y\n\x0e\x43\x61ncelImageJob\x12\".mediagen.v1.CancelImageJobRequest\x1a#.mediagen.v1.CancelImageJobResponse\x12X\n\rWatchImageJob\x12!.mediagen.v1.WatchImageJobRequest\x1a\".mediagen.v1.WatchImageJobResponse0\x01\x12j\n\x13GenerateImageStream\x12\'.mediagen.v1.GenerateImageStreamRequest\x1a(.mediagen.v1.GenerateImageStreamResponse0\x01\x12X\n\rDownloadImage\x12!.mediagen.v1.DownloadImageRequest\x1a\".mediagen.v1.DownloadImageResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mediagen/v1/image.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xd2\x03\n\x14GenerateImageRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07webhook\x18\x06 \x01(\x0b\x32\x14.mediagen.v1.Webhook\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x0b \x01(\t\x12\r\n\x05width\x18\x0c \x01(\x05\x12\x0e\n\x06height\x18\r \x01(\x05\x12\x14\n\x0c\x61spect_ratio\x18\x0e \x01(\t\x12\x0f\n\x07quality\x18\x0f \x01(\t\x12\x11\n\x04seed\x18\x10 \x01(\x03H\x00\x88\x01\x01\x12\r\n\x05\x63ount\x18\x11 \x01(\x05\x12(\n\x06\x66ormat\x18\x12 \x01(\x0e\x32\x18.mediagen.v1.ImageFormat\x12\r\n\x05style\x18\x13 \x01(\t\x12,\n\x0binput_image\x18\x14 \x01(\x0b\x32\x17.mediagen.v1.MediaInputB\x07\n\x05_seed\"6\n\x15GenerateImageResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Y\n\x12GetImageJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x13GetImageJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"c\n\x14ListImageJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"P\n\x15ListImageJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x43\x61ncelImageJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x16\x43\x61ncelImageJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\">\n\x14WatchImageJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x15WatchImageJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"P\n\x1aGenerateImageStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.mediagen.v1.GenerateImageRequest\"C\n\x1bGenerateImageStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"N\n\x14\x44ownloadImageRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"^\n\x15\x44ownloadImageResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8b\x05\n\x0cImageService\x12V\n\rGenerateImage\x12!.mediagen.v1.GenerateImageRequest\x1a\".mediagen.v1.GenerateImageResponse\x12P\n\x0bGetImageJob\x12\x1f.mediagen.v1.GetImageJobRequest\x1a .mediagen.v1.GetImageJobResponse\x12V\n\rListImageJobs\x12!.mediagen.v1.ListImageJobsRequest\x1a\".mediagen.v1.ListImageJobsResponse\x12Y\n\x0e\x43\x61ncelImageJob\x12\".mediagen.v1.CancelImageJobRequest\x1a#.mediagen.v1.CancelImageJobResponse\x12X\n\rWatchImageJob\x12!.mediagen.v1.WatchImageJobRequest\x1a\".mediagen.v1.WatchImageJobResponse0\x01\x12j\n\x13GenerateImageStream\x12\'.mediagen.v1.GenerateImageStreamRequest\x1a(.mediagen.v1.GenerateImageStreamResponse0\x01\x12X\n\rDownloadImage\x12!.mediagen.v1.DownloadImageRequest\x1a\".mediagen.v1.DownloadImageResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediagen.v1.image_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEIMAGEREQUEST']._serialized_start=129
-  _globals['_GENERATEIMAGEREQUEST']._serialized_end=556
-  _globals['_GENERATEIMAGERESPONSE']._serialized_start=558
-  _globals['_GENERATEIMAGERESPONSE']._serialized_end=612
-  _globals['_GETIMAGEJOBREQUEST']._serialized_start=614
-  _globals['_GETIMAGEJOBREQUEST']._serialized_end=703
-  _globals['_GETIMAGEJOBRESPONSE']._serialized_start=705
-  _globals['_GETIMAGEJOBRESPONSE']._serialized_end=757
-  _globals['_LISTIMAGEJOBSREQUEST']._serialized_start=759
-  _globals['_LISTIMAGEJOBSREQUEST']._serialized_end=858
-  _globals['_LISTIMAGEJOBSRESPONSE']._serialized_start=860
-  _globals['_LISTIMAGEJOBSRESPONSE']._serialized_end=940
-  _globals['_CANCELIMAGEJOBREQUEST']._serialized_start=942
-  _globals['_CANCELIMAGEJOBREQUEST']._serialized_end=981
-  _globals['_CANCELIMAGEJOBRESPONSE']._serialized_start=983
-  _globals['_CANCELIMAGEJOBRESPONSE']._serialized_end=1038
-  _globals['_WATCHIMAGEJOBREQUEST']._serialized_start=1040
-  _globals['_WATCHIMAGEJOBREQUEST']._serialized_end=1102
-  _globals['_WATCHIMAGEJOBRESPONSE']._serialized_start=1104
-  _globals['_WATCHIMAGEJOBRESPONSE']._serialized_end=1165
-  _globals['_GENERATEIMAGESTREAMREQUEST']._serialized_start=1167
-  _globals['_GENERATEIMAGESTREAMREQUEST']._serialized_end=1247
-  _globals['_GENERATEIMAGESTREAMRESPONSE']._serialized_start=1249
-  _globals['_GENERATEIMAGESTREAMRESPONSE']._serialized_end=1316
-  _globals['_DOWNLOADIMAGEREQUEST']._serialized_start=1318
-  _globals['_DOWNLOADIMAGEREQUEST']._serialized_end=1396
-  _globals['_DOWNLOADIMAGERESPONSE']._serialized_start=1398
-  _globals['_DOWNLOADIMAGERESPONSE']._serialized_end=1492
-  _globals['_IMAGESERVICE']._serialized_start=1495
-  _globals['_IMAGESERVICE']._serialized_end=2146
+  _globals['_GENERATEIMAGEREQUEST']._serialized_end=595
+  _globals['_GENERATEIMAGERESPONSE']._serialized_start=597
+  _globals['_GENERATEIMAGERESPONSE']._serialized_end=651
+  _globals['_GETIMAGEJOBREQUEST']._serialized_start=653
+  _globals['_GETIMAGEJOBREQUEST']._serialized_end=742
+  _globals['_GETIMAGEJOBRESPONSE']._serialized_start=744
+  _globals['_GETIMAGEJOBRESPONSE']._serialized_end=796
+  _globals['_LISTIMAGEJOBSREQUEST']._serialized_start=798
+  _globals['_LISTIMAGEJOBSREQUEST']._serialized_end=897
+  _globals['_LISTIMAGEJOBSRESPONSE']._serialized_start=899
+  _globals['_LISTIMAGEJOBSRESPONSE']._serialized_end=979
+  _globals['_CANCELIMAGEJOBREQUEST']._serialized_start=981
+  _globals['_CANCELIMAGEJOBREQUEST']._serialized_end=1020
+  _globals['_CANCELIMAGEJOBRESPONSE']._serialized_start=1022
+  _globals['_CANCELIMAGEJOBRESPONSE']._serialized_end=1077
+  _globals['_WATCHIMAGEJOBREQUEST']._serialized_start=1079
+  _globals['_WATCHIMAGEJOBREQUEST']._serialized_end=1141
+  _globals['_WATCHIMAGEJOBRESPONSE']._serialized_start=1143
+  _globals['_WATCHIMAGEJOBRESPONSE']._serialized_end=1204
+  _globals['_GENERATEIMAGESTREAMREQUEST']._serialized_start=1206
+  _globals['_GENERATEIMAGESTREAMREQUEST']._serialized_end=1286
+  _globals['_GENERATEIMAGESTREAMRESPONSE']._serialized_start=1288
+  _globals['_GENERATEIMAGESTREAMRESPONSE']._serialized_end=1355
+  _globals['_DOWNLOADIMAGEREQUEST']._serialized_start=1357
+  _globals['_DOWNLOADIMAGEREQUEST']._serialized_end=1435
+  _globals['_DOWNLOADIMAGERESPONSE']._serialized_start=1437
+  _globals['_DOWNLOADIMAGERESPONSE']._serialized_end=1531
+  _globals['_IMAGESERVICE']._serialized_start=1534
+  _globals['_IMAGESERVICE']._serialized_end=2185
 # @@protoc_insertion_point(module_scope)

@@ -30,6 +30,7 @@ class GenerateImageRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
@@ -74,6 +75,10 @@ class GenerateImageRequest(_message.Message):
         """Give up (and cancel at the vendor) after this long; capped by the server."""
 
     @_builtins.property
+    def webhook(self) -> _common_pb2.Webhook:
+        """Call this URL back on job events (overrides the tenant's default webhook)."""
+
+    @_builtins.property
     def input_image(self) -> _common_pb2.MediaInput:
         """Source image for edits, variations or image prompts."""
 
@@ -85,6 +90,7 @@ class GenerateImageRequest(_message.Message):
         model: _builtins.str = ...,
         provider_options: _struct_pb2.Struct | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        webhook: _common_pb2.Webhook | None = ...,
         prompt: _builtins.str = ...,
         negative_prompt: _builtins.str = ...,
         width: _builtins.int = ...,
@@ -97,9 +103,9 @@ class GenerateImageRequest(_message.Message):
         style: _builtins.str = ...,
         input_image: _common_pb2.MediaInput | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "input_image", b"input_image", "provider_options", b"provider_options", "seed", b"seed", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "input_image", b"input_image", "provider_options", b"provider_options", "seed", b"seed", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "aspect_ratio", b"aspect_ratio", "count", b"count", "format", b"format", "height", b"height", "input_image", b"input_image", "model", b"model", "negative_prompt", b"negative_prompt", "prompt", b"prompt", "provider", b"provider", "provider_options", b"provider_options", "quality", b"quality", "request_id", b"request_id", "seed", b"seed", "style", b"style", "timeout", b"timeout", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "aspect_ratio", b"aspect_ratio", "count", b"count", "format", b"format", "height", b"height", "input_image", b"input_image", "model", b"model", "negative_prompt", b"negative_prompt", "prompt", b"prompt", "provider", b"provider", "provider_options", b"provider_options", "quality", b"quality", "request_id", b"request_id", "seed", b"seed", "style", b"style", "timeout", b"timeout", "webhook", b"webhook", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015

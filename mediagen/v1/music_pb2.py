@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from mediagen.v1 import common_pb2 as mediagen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mediagen/v1/music.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xf6\x02\n\x14GenerateMusicRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x0c\n\x04mood\x18\x0b \x01(\t\x12\r\n\x05genre\x18\x0c \x01(\t\x12\x16\n\ttempo_bpm\x18\r \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10\x64uration_seconds\x18\x0e \x01(\x01\x12\x14\n\x0cinstrumental\x18\x0f \x01(\x08\x12\x0e\n\x06lyrics\x18\x10 \x01(\t\x12(\n\x06\x66ormat\x18\x11 \x01(\x0e\x32\x18.mediagen.v1.AudioFormat\x12\r\n\x05theme\x18\x12 \x01(\tB\x0c\n\n_tempo_bpm\"6\n\x15GenerateMusicResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Y\n\x12GetMusicJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x13GetMusicJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"c\n\x14ListMusicJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"P\n\x15ListMusicJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x43\x61ncelMusicJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x16\x43\x61ncelMusicJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\">\n\x14WatchMusicJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x15WatchMusicJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"P\n\x1aGenerateMusicStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.mediagen.v1.GenerateMusicRequest\"C\n\x1bGenerateMusicStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"N\n\x14\x44ownloadMusicRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"^\n\x15\x44ownloadMusicResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8b\x05\n\x0cMusicService\x12V\n\rGenerateMusic\x12!.mediagen.v1.GenerateMusicRequest\x1a\".mediagen.v1.GenerateMusicResponse\x12P\n\x0bGetMusicJob\x12\x1f.mediagen.v1.GetMusicJobRequest\x1a .mediagen.v1.GetMusicJobResponse\x12V\n\rListMusicJobs\x12!.mediagen.v1.ListMusicJobsRequest\x1a\".mediagen.v1.ListMusicJobsResponse\x12Y\n\x0e\x43\x61ncelMusicJob\x12\".mediagen.v1.CancelMusicJobRequest\x1a#.mediagen.v1.CancelMusicJobResponse\x12X\n\rWatchMusicJob\x12!.mediagen.v1.WatchMusicJobRequest\x1a\".mediagen.v1.WatchMusicJobResponse0\x01\x12j\n\x13GenerateMusicStream\x12\'.mediagen.v1.GenerateMusicStreamRequest\x1a(.mediagen.v1.GenerateMusicStreamResponse0\x01\x12X\n\rDownloadMusic\x12!.mediagen.v1.DownloadMusicRequest\x1a\".mediagen.v1.DownloadMusicResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mediagen/v1/music.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\x9d\x03\n\x14GenerateMusicRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07webhook\x18\x06 \x01(\x0b\x32\x14.mediagen.v1.Webhook\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x0c\n\x04mood\x18\x0b \x01(\t\x12\r\n\x05genre\x18\x0c \x01(\t\x12\x16\n\ttempo_bpm\x18\r \x01(\x01H\x00\x88\x01\x01\x12\x18\n\x10\x64uration_seconds\x18\x0e \x01(\x01\x12\x14\n\x0cinstrumental\x18\x0f \x01(\x08\x12\x0e\n\x06lyrics\x18\x10 \x01(\t\x12(\n\x06\x66ormat\x18\x11 \x01(\x0e\x32\x18.mediagen.v1.AudioFormat\x12\r\n\x05theme\x18\x12 \x01(\tB\x0c\n\n_tempo_bpm\"6\n\x15GenerateMusicResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Y\n\x12GetMusicJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x13GetMusicJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"c\n\x14ListMusicJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"P\n\x15ListMusicJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x43\x61ncelMusicJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x16\x43\x61ncelMusicJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\">\n\x14WatchMusicJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x15WatchMusicJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"P\n\x1aGenerateMusicStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.mediagen.v1.GenerateMusicRequest\"C\n\x1bGenerateMusicStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"N\n\x14\x44ownloadMusicRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"^\n\x15\x44ownloadMusicResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8b\x05\n\x0cMusicService\x12V\n\rGenerateMusic\x12!.mediagen.v1.GenerateMusicRequest\x1a\".mediagen.v1.GenerateMusicResponse\x12P\n\x0bGetMusicJob\x12\x1f.mediagen.v1.GetMusicJobRequest\x1a .mediagen.v1.GetMusicJobResponse\x12V\n\rListMusicJobs\x12!.mediagen.v1.ListMusicJobsRequest\x1a\".mediagen.v1.ListMusicJobsResponse\x12Y\n\x0e\x43\x61ncelMusicJob\x12\".mediagen.v1.CancelMusicJobRequest\x1a#.mediagen.v1.CancelMusicJobResponse\x12X\n\rWatchMusicJob\x12!.mediagen.v1.WatchMusicJobRequest\x1a\".mediagen.v1.WatchMusicJobResponse0\x01\x12j\n\x13GenerateMusicStream\x12\'.mediagen.v1.GenerateMusicStreamRequest\x1a(.mediagen.v1.GenerateMusicStreamResponse0\x01\x12X\n\rDownloadMusic\x12!.mediagen.v1.DownloadMusicRequest\x1a\".mediagen.v1.DownloadMusicResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediagen.v1.music_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEMUSICREQUEST']._serialized_start=129
-  _globals['_GENERATEMUSICREQUEST']._serialized_end=503
-  _globals['_GENERATEMUSICRESPONSE']._serialized_start=505
-  _globals['_GENERATEMUSICRESPONSE']._serialized_end=559
-  _globals['_GETMUSICJOBREQUEST']._serialized_start=561
-  _globals['_GETMUSICJOBREQUEST']._serialized_end=650
-  _globals['_GETMUSICJOBRESPONSE']._serialized_start=652
-  _globals['_GETMUSICJOBRESPONSE']._serialized_end=704
-  _globals['_LISTMUSICJOBSREQUEST']._serialized_start=706
-  _globals['_LISTMUSICJOBSREQUEST']._serialized_end=805
-  _globals['_LISTMUSICJOBSRESPONSE']._serialized_start=807
-  _globals['_LISTMUSICJOBSRESPONSE']._serialized_end=887
-  _globals['_CANCELMUSICJOBREQUEST']._serialized_start=889
-  _globals['_CANCELMUSICJOBREQUEST']._serialized_end=928
-  _globals['_CANCELMUSICJOBRESPONSE']._serialized_start=930
-  _globals['_CANCELMUSICJOBRESPONSE']._serialized_end=985
-  _globals['_WATCHMUSICJOBREQUEST']._serialized_start=987
-  _globals['_WATCHMUSICJOBREQUEST']._serialized_end=1049
-  _globals['_WATCHMUSICJOBRESPONSE']._serialized_start=1051
-  _globals['_WATCHMUSICJOBRESPONSE']._serialized_end=1112
-  _globals['_GENERATEMUSICSTREAMREQUEST']._serialized_start=1114
-  _globals['_GENERATEMUSICSTREAMREQUEST']._serialized_end=1194
-  _globals['_GENERATEMUSICSTREAMRESPONSE']._serialized_start=1196
-  _globals['_GENERATEMUSICSTREAMRESPONSE']._serialized_end=1263
-  _globals['_DOWNLOADMUSICREQUEST']._serialized_start=1265
-  _globals['_DOWNLOADMUSICREQUEST']._serialized_end=1343
-  _globals['_DOWNLOADMUSICRESPONSE']._serialized_start=1345
-  _globals['_DOWNLOADMUSICRESPONSE']._serialized_end=1439
-  _globals['_MUSICSERVICE']._serialized_start=1442
-  _globals['_MUSICSERVICE']._serialized_end=2093
+  _globals['_GENERATEMUSICREQUEST']._serialized_end=542
+  _globals['_GENERATEMUSICRESPONSE']._serialized_start=544
+  _globals['_GENERATEMUSICRESPONSE']._serialized_end=598
+  _globals['_GETMUSICJOBREQUEST']._serialized_start=600
+  _globals['_GETMUSICJOBREQUEST']._serialized_end=689
+  _globals['_GETMUSICJOBRESPONSE']._serialized_start=691
+  _globals['_GETMUSICJOBRESPONSE']._serialized_end=743
+  _globals['_LISTMUSICJOBSREQUEST']._serialized_start=745
+  _globals['_LISTMUSICJOBSREQUEST']._serialized_end=844
+  _globals['_LISTMUSICJOBSRESPONSE']._serialized_start=846
+  _globals['_LISTMUSICJOBSRESPONSE']._serialized_end=926
+  _globals['_CANCELMUSICJOBREQUEST']._serialized_start=928
+  _globals['_CANCELMUSICJOBREQUEST']._serialized_end=967
+  _globals['_CANCELMUSICJOBRESPONSE']._serialized_start=969
+  _globals['_CANCELMUSICJOBRESPONSE']._serialized_end=1024
+  _globals['_WATCHMUSICJOBREQUEST']._serialized_start=1026
+  _globals['_WATCHMUSICJOBREQUEST']._serialized_end=1088
+  _globals['_WATCHMUSICJOBRESPONSE']._serialized_start=1090
+  _globals['_WATCHMUSICJOBRESPONSE']._serialized_end=1151
+  _globals['_GENERATEMUSICSTREAMREQUEST']._serialized_start=1153
+  _globals['_GENERATEMUSICSTREAMREQUEST']._serialized_end=1233
+  _globals['_GENERATEMUSICSTREAMRESPONSE']._serialized_start=1235
+  _globals['_GENERATEMUSICSTREAMRESPONSE']._serialized_end=1302
+  _globals['_DOWNLOADMUSICREQUEST']._serialized_start=1304
+  _globals['_DOWNLOADMUSICREQUEST']._serialized_end=1382
+  _globals['_DOWNLOADMUSICRESPONSE']._serialized_start=1384
+  _globals['_DOWNLOADMUSICRESPONSE']._serialized_end=1478
+  _globals['_MUSICSERVICE']._serialized_start=1481
+  _globals['_MUSICSERVICE']._serialized_end=2132
 # @@protoc_insertion_point(module_scope)

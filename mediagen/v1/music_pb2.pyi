@@ -30,6 +30,7 @@ class GenerateMusicRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     MOOD_FIELD_NUMBER: _builtins.int
     GENRE_FIELD_NUMBER: _builtins.int
@@ -70,6 +71,10 @@ class GenerateMusicRequest(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """Give up (and cancel at the vendor) after this long; capped by the server."""
 
+    @_builtins.property
+    def webhook(self) -> _common_pb2.Webhook:
+        """Call this URL back on job events (overrides the tenant's default webhook)."""
+
     def __init__(
         self,
         *,
@@ -78,6 +83,7 @@ class GenerateMusicRequest(_message.Message):
         model: _builtins.str = ...,
         provider_options: _struct_pb2.Struct | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        webhook: _common_pb2.Webhook | None = ...,
         prompt: _builtins.str = ...,
         mood: _builtins.str = ...,
         genre: _builtins.str = ...,
@@ -88,9 +94,9 @@ class GenerateMusicRequest(_message.Message):
         format: _common_pb2.AudioFormat.ValueType = ...,
         theme: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_tempo_bpm", b"_tempo_bpm", "provider_options", b"provider_options", "tempo_bpm", b"tempo_bpm", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_tempo_bpm", b"_tempo_bpm", "provider_options", b"provider_options", "tempo_bpm", b"tempo_bpm", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tempo_bpm", b"_tempo_bpm", "duration_seconds", b"duration_seconds", "format", b"format", "genre", b"genre", "instrumental", b"instrumental", "lyrics", b"lyrics", "model", b"model", "mood", b"mood", "prompt", b"prompt", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "tempo_bpm", b"tempo_bpm", "theme", b"theme", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_tempo_bpm", b"_tempo_bpm", "duration_seconds", b"duration_seconds", "format", b"format", "genre", b"genre", "instrumental", b"instrumental", "lyrics", b"lyrics", "model", b"model", "mood", b"mood", "prompt", b"prompt", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "tempo_bpm", b"tempo_bpm", "theme", b"theme", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__tempo_bpm: _TypeAlias = _typing.Literal["tempo_bpm"]  # noqa: Y015
     _WhichOneofArgType__tempo_bpm: _TypeAlias = _typing.Literal["_tempo_bpm", b"_tempo_bpm"]  # noqa: Y015

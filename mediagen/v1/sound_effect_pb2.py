@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from mediagen.v1 import common_pb2 as mediagen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emediagen/v1/sound_effect.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xd5\x02\n\x1aGenerateSoundEffectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x0b \x01(\x01\x12\x1d\n\x10prompt_influence\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12(\n\x06\x66ormat\x18\r \x01(\x0e\x32\x18.mediagen.v1.AudioFormat\x12\x1b\n\x13\x63ommercial_use_only\x18\x0e \x01(\x08\x42\x13\n\x11_prompt_influence\"<\n\x1bGenerateSoundEffectResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"_\n\x18GetSoundEffectJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x19GetSoundEffectJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"i\n\x1aListSoundEffectJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"V\n\x1bListSoundEffectJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x1b\x43\x61ncelSoundEffectJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"=\n\x1c\x43\x61ncelSoundEffectJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"D\n\x1aWatchSoundEffectJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"C\n\x1bWatchSoundEffectJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"\\\n GenerateSoundEffectStreamRequest\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\'.mediagen.v1.GenerateSoundEffectRequest\"I\n!GenerateSoundEffectStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"T\n\x1a\x44ownloadSoundEffectRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"d\n\x1b\x44ownloadSoundEffectResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8f\x06\n\x12SoundEffectService\x12h\n\x13GenerateSoundEffect\x12\'.mediagen.v1.GenerateSoundEffectRequest\x1a(.mediagen.v1.GenerateSoundEffectResponse\x12\x62\n\x11GetSoundEffectJob\x12%.mediagen.v1.GetSoundEffectJobRequest\x1a&.mediagen.v1.GetSoundEffectJobResponse\x12h\n\x13ListSoundEffectJobs\x12\'.mediagen.v1.ListSoundEffectJobsRequest\x1a(.mediagen.v1.ListSoundEffectJobsResponse\x12k\n\x14\x43\x61ncelSoundEffectJob\x12(.mediagen.v1.CancelSoundEffectJobRequest\x1a).mediagen.v1.CancelSoundEffectJobResponse\x12j\n\x13WatchSoundEffectJob\x12\'.mediagen.v1.WatchSoundEffectJobRequest\x1a(.mediagen.v1.WatchSoundEffectJobResponse0\x01\x12|\n\x19GenerateSoundEffectStream\x12-.mediagen.v1.GenerateSoundEffectStreamRequest\x1a..mediagen.v1.GenerateSoundEffectStreamResponse0\x01\x12j\n\x13\x44ownloadSoundEffect\x12\'.mediagen.v1.DownloadSoundEffectRequest\x1a(.mediagen.v1.DownloadSoundEffectResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1emediagen/v1/sound_effect.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xfc\x02\n\x1aGenerateSoundEffectRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07webhook\x18\x06 \x01(\x0b\x32\x14.mediagen.v1.Webhook\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x0b \x01(\x01\x12\x1d\n\x10prompt_influence\x18\x0c \x01(\x01H\x00\x88\x01\x01\x12(\n\x06\x66ormat\x18\r \x01(\x0e\x32\x18.mediagen.v1.AudioFormat\x12\x1b\n\x13\x63ommercial_use_only\x18\x0e \x01(\x08\x42\x13\n\x11_prompt_influence\"<\n\x1bGenerateSoundEffectResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"_\n\x18GetSoundEffectJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x19GetSoundEffectJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"i\n\x1aListSoundEffectJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"V\n\x1bListSoundEffectJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"-\n\x1b\x43\x61ncelSoundEffectJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"=\n\x1c\x43\x61ncelSoundEffectJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"D\n\x1aWatchSoundEffectJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"C\n\x1bWatchSoundEffectJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"\\\n GenerateSoundEffectStreamRequest\x12\x38\n\x07request\x18\x01 \x01(\x0b\x32\'.mediagen.v1.GenerateSoundEffectRequest\"I\n!GenerateSoundEffectStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"T\n\x1a\x44ownloadSoundEffectRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"d\n\x1b\x44ownloadSoundEffectResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8f\x06\n\x12SoundEffectService\x12h\n\x13GenerateSoundEffect\x12\'.mediagen.v1.GenerateSoundEffectRequest\x1a(.mediagen.v1.GenerateSoundEffectResponse\x12\x62\n\x11GetSoundEffectJob\x12%.mediagen.v1.GetSoundEffectJobRequest\x1a&.mediagen.v1.GetSoundEffectJobResponse\x12h\n\x13ListSoundEffectJobs\x12\'.mediagen.v1.ListSoundEffectJobsRequest\x1a(.mediagen.v1.ListSoundEffectJobsResponse\x12k\n\x14\x43\x61ncelSoundEffectJob\x12(.mediagen.v1.CancelSoundEffectJobRequest\x1a).mediagen.v1.CancelSoundEffectJobResponse\x12j\n\x13WatchSoundEffectJob\x12\'.mediagen.v1.WatchSoundEffectJobRequest\x1a(.mediagen.v1.WatchSoundEffectJobResponse0\x01\x12|\n\x19GenerateSoundEffectStream\x12-.mediagen.v1.GenerateSoundEffectStreamRequest\x1a..mediagen.v1.GenerateSoundEffectStreamResponse0\x01\x12j\n\x13\x44ownloadSoundEffect\x12\'.mediagen.v1.DownloadSoundEffectRequest\x1a(.mediagen.v1.DownloadSoundEffectResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediagen.v1.sound_effect_pb
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATESOUNDEFFECTREQUEST']._serialized_start=136
-  _globals['_GENERATESOUNDEFFECTREQUEST']._serialized_end=477
-  _globals['_GENERATESOUNDEFFECTRESPONSE']._serialized_start=479
-  _globals['_GENERATESOUNDEFFECTRESPONSE']._serialized_end=539
-  _globals['_GETSOUNDEFFECTJOBREQUEST']._serialized_start=541
-  _globals['_GETSOUNDEFFECTJOBREQUEST']._serialized_end=636
-  _globals['_GETSOUNDEFFECTJOBRESPONSE']._serialized_start=638
-  _globals['_GETSOUNDEFFECTJOBRESPONSE']._serialized_end=696
-  _globals['_LISTSOUNDEFFECTJOBSREQUEST']._serialized_start=698
-  _globals['_LISTSOUNDEFFECTJOBSREQUEST']._serialized_end=803
-  _globals['_LISTSOUNDEFFECTJOBSRESPONSE']._serialized_start=805
-  _globals['_LISTSOUNDEFFECTJOBSRESPONSE']._serialized_end=891
-  _globals['_CANCELSOUNDEFFECTJOBREQUEST']._serialized_start=893
-  _globals['_CANCELSOUNDEFFECTJOBREQUEST']._serialized_end=938
-  _globals['_CANCELSOUNDEFFECTJOBRESPONSE']._serialized_start=940
-  _globals['_CANCELSOUNDEFFECTJOBRESPONSE']._serialized_end=1001
-  _globals['_WATCHSOUNDEFFECTJOBREQUEST']._serialized_start=1003
-  _globals['_WATCHSOUNDEFFECTJOBREQUEST']._serialized_end=1071
-  _globals['_WATCHSOUNDEFFECTJOBRESPONSE']._serialized_start=1073
-  _globals['_WATCHSOUNDEFFECTJOBRESPONSE']._serialized_end=1140
-  _globals['_GENERATESOUNDEFFECTSTREAMREQUEST']._serialized_start=1142
-  _globals['_GENERATESOUNDEFFECTSTREAMREQUEST']._serialized_end=1234
-  _globals['_GENERATESOUNDEFFECTSTREAMRESPONSE']._serialized_start=1236
-  _globals['_GENERATESOUNDEFFECTSTREAMRESPONSE']._serialized_end=1309
-  _globals['_DOWNLOADSOUNDEFFECTREQUEST']._serialized_start=1311
-  _globals['_DOWNLOADSOUNDEFFECTREQUEST']._serialized_end=1395
-  _globals['_DOWNLOADSOUNDEFFECTRESPONSE']._serialized_start=1397
-  _globals['_DOWNLOADSOUNDEFFECTRESPONSE']._serialized_end=1497
-  _globals['_SOUNDEFFECTSERVICE']._serialized_start=1500
-  _globals['_SOUNDEFFECTSERVICE']._serialized_end=2283
+  _globals['_GENERATESOUNDEFFECTREQUEST']._serialized_end=516
+  _globals['_GENERATESOUNDEFFECTRESPONSE']._serialized_start=518
+  _globals['_GENERATESOUNDEFFECTRESPONSE']._serialized_end=578
+  _globals['_GETSOUNDEFFECTJOBREQUEST']._serialized_start=580
+  _globals['_GETSOUNDEFFECTJOBREQUEST']._serialized_end=675
+  _globals['_GETSOUNDEFFECTJOBRESPONSE']._serialized_start=677
+  _globals['_GETSOUNDEFFECTJOBRESPONSE']._serialized_end=735
+  _globals['_LISTSOUNDEFFECTJOBSREQUEST']._serialized_start=737
+  _globals['_LISTSOUNDEFFECTJOBSREQUEST']._serialized_end=842
+  _globals['_LISTSOUNDEFFECTJOBSRESPONSE']._serialized_start=844
+  _globals['_LISTSOUNDEFFECTJOBSRESPONSE']._serialized_end=930
+  _globals['_CANCELSOUNDEFFECTJOBREQUEST']._serialized_start=932
+  _globals['_CANCELSOUNDEFFECTJOBREQUEST']._serialized_end=977
+  _globals['_CANCELSOUNDEFFECTJOBRESPONSE']._serialized_start=979
+  _globals['_CANCELSOUNDEFFECTJOBRESPONSE']._serialized_end=1040
+  _globals['_WATCHSOUNDEFFECTJOBREQUEST']._serialized_start=1042
+  _globals['_WATCHSOUNDEFFECTJOBREQUEST']._serialized_end=1110
+  _globals['_WATCHSOUNDEFFECTJOBRESPONSE']._serialized_start=1112
+  _globals['_WATCHSOUNDEFFECTJOBRESPONSE']._serialized_end=1179
+  _globals['_GENERATESOUNDEFFECTSTREAMREQUEST']._serialized_start=1181
+  _globals['_GENERATESOUNDEFFECTSTREAMREQUEST']._serialized_end=1273
+  _globals['_GENERATESOUNDEFFECTSTREAMRESPONSE']._serialized_start=1275
+  _globals['_GENERATESOUNDEFFECTSTREAMRESPONSE']._serialized_end=1348
+  _globals['_DOWNLOADSOUNDEFFECTREQUEST']._serialized_start=1350
+  _globals['_DOWNLOADSOUNDEFFECTREQUEST']._serialized_end=1434
+  _globals['_DOWNLOADSOUNDEFFECTRESPONSE']._serialized_start=1436
+  _globals['_DOWNLOADSOUNDEFFECTRESPONSE']._serialized_end=1536
+  _globals['_SOUNDEFFECTSERVICE']._serialized_start=1539
+  _globals['_SOUNDEFFECTSERVICE']._serialized_end=2322
 # @@protoc_insertion_point(module_scope)

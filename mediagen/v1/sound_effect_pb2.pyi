@@ -30,6 +30,7 @@ class GenerateSoundEffectRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
     PROMPT_INFLUENCE_FIELD_NUMBER: _builtins.int
@@ -60,6 +61,10 @@ class GenerateSoundEffectRequest(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """Give up (and cancel at the vendor) after this long; capped by the server."""
 
+    @_builtins.property
+    def webhook(self) -> _common_pb2.Webhook:
+        """Call this URL back on job events (overrides the tenant's default webhook)."""
+
     def __init__(
         self,
         *,
@@ -68,15 +73,16 @@ class GenerateSoundEffectRequest(_message.Message):
         model: _builtins.str = ...,
         provider_options: _struct_pb2.Struct | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        webhook: _common_pb2.Webhook | None = ...,
         prompt: _builtins.str = ...,
         duration_seconds: _builtins.float = ...,
         prompt_influence: _builtins.float | None = ...,
         format: _common_pb2.AudioFormat.ValueType = ...,
         commercial_use_only: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_prompt_influence", b"_prompt_influence", "prompt_influence", b"prompt_influence", "provider_options", b"provider_options", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_prompt_influence", b"_prompt_influence", "prompt_influence", b"prompt_influence", "provider_options", b"provider_options", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prompt_influence", b"_prompt_influence", "commercial_use_only", b"commercial_use_only", "duration_seconds", b"duration_seconds", "format", b"format", "model", b"model", "prompt", b"prompt", "prompt_influence", b"prompt_influence", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prompt_influence", b"_prompt_influence", "commercial_use_only", b"commercial_use_only", "duration_seconds", b"duration_seconds", "format", b"format", "model", b"model", "prompt", b"prompt", "prompt_influence", b"prompt_influence", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__prompt_influence: _TypeAlias = _typing.Literal["prompt_influence"]  # noqa: Y015
     _WhichOneofArgType__prompt_influence: _TypeAlias = _typing.Literal["_prompt_influence", b"_prompt_influence"]  # noqa: Y015

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from mediagen.v1 import common_pb2 as mediagen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mediagen/v1/speech.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xa9\x02\n\x15GenerateSpeechRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04text\x18\n \x01(\t\x12\r\n\x05voice\x18\x0b \x01(\t\x12\r\n\x05speed\x18\x0c \x01(\x01\x12(\n\x06\x66ormat\x18\r \x01(\x0e\x32\x18.mediagen.v1.AudioFormat\x12\x10\n\x08language\x18\x0e \x01(\t\x12\x14\n\x0cinstructions\x18\x0f \x01(\t\"7\n\x16GenerateSpeechResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Z\n\x13GetSpeechJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x14GetSpeechJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"d\n\x15ListSpeechJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"Q\n\x16ListSpeechJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x16\x43\x61ncelSpeechJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x17\x43\x61ncelSpeechJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"?\n\x15WatchSpeechJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x16WatchSpeechJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"R\n\x1bGenerateSpeechStreamRequest\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".mediagen.v1.GenerateSpeechRequest\"D\n\x1cGenerateSpeechStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"O\n\x15\x44ownloadSpeechRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"_\n\x16\x44ownloadSpeechResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\xa1\x05\n\rSpeechService\x12Y\n\x0eGenerateSpeech\x12\".mediagen.v1.GenerateSpeechRequest\x1a#.mediagen.v1.GenerateSpeechResponse\x12S\n\x0cGetSpeechJob\x12 .mediagen.v1.GetSpeechJobRequest\x1a!.mediagen.v1.GetSpeechJobResponse\x12Y\n\x0eListSpeechJobs\x12\".mediagen.v1.ListSpeechJobsRequest\x1a#.mediagen.v1.ListSpeechJobsResponse\x12\\\n\x0f\x43\x61ncelSpeechJob\x12#.mediagen.v1.CancelSpeechJobRequest\x1a$.mediagen.v1.CancelSpeechJobResponse\x12[\n\x0eWatchSpeechJob\x12\".mediagen.v1.WatchSpeechJobRequest\x1a#.mediagen.v1.WatchSpeechJobResponse0\x01\x12m\n\x14GenerateSpeechStream\x12(.mediagen.v1.GenerateSpeechStreamRequest\x1a).mediagen.v1.GenerateSpeechStreamResponse0\x01\x12[\n\x0e\x44ownloadSpeech\x12\".mediagen.v1.DownloadSpeechRequest\x1a#.mediagen.v1.DownloadSpeechResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18mediagen/v1/speech.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xd0\x02\n\x15GenerateSpeechRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07webhook\x18\x06 \x01(\x0b\x32\x14.mediagen.v1.Webhook\x12\x0c\n\x04text\x18\n \x01(\t\x12\r\n\x05voice\x18\x0b \x01(\t\x12\r\n\x05speed\x18\x0c \x01(\x01\x12(\n\x06\x66ormat\x18\r \x01(\x0e\x32\x18.mediagen.v1.AudioFormat\x12\x10\n\x08language\x18\x0e \x01(\t\x12\x14\n\x0cinstructions\x18\x0f \x01(\t\"7\n\x16GenerateSpeechResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Z\n\x13GetSpeechJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\x14GetSpeechJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"d\n\x15ListSpeechJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"Q\n\x16ListSpeechJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"(\n\x16\x43\x61ncelSpeechJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"8\n\x17\x43\x61ncelSpeechJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"?\n\x15WatchSpeechJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x16WatchSpeechJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"R\n\x1bGenerateSpeechStreamRequest\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32\".mediagen.v1.GenerateSpeechRequest\"D\n\x1cGenerateSpeechStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"O\n\x15\x44ownloadSpeechRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"_\n\x16\x44ownloadSpeechResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\xa1\x05\n\rSpeechService\x12Y\n\x0eGenerateSpeech\x12\".mediagen.v1.GenerateSpeechRequest\x1a#.mediagen.v1.GenerateSpeechResponse\x12S\n\x0cGetSpeechJob\x12 .mediagen.v1.GetSpeechJobRequest\x1a!.mediagen.v1.GetSpeechJobResponse\x12Y\n\x0eListSpeechJobs\x12\".mediagen.v1.ListSpeechJobsRequest\x1a#.mediagen.v1.ListSpeechJobsResponse\x12\\\n\x0f\x43\x61ncelSpeechJob\x12#.mediagen.v1.CancelSpeechJobRequest\x1a$.mediagen.v1.CancelSpeechJobResponse\x12[\n\x0eWatchSpeechJob\x12\".mediagen.v1.WatchSpeechJobRequest\x1a#.mediagen.v1.WatchSpeechJobResponse0\x01\x12m\n\x14GenerateSpeechStream\x12(.mediagen.v1.GenerateSpeechStreamRequest\x1a).mediagen.v1.GenerateSpeechStreamResponse0\x01\x12[\n\x0e\x44ownloadSpeech\x12\".mediagen.v1.DownloadSpeechRequest\x1a#.mediagen.v1.DownloadSpeechResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediagen.v1.speech_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATESPEECHREQUEST']._serialized_start=130
-  _globals['_GENERATESPEECHREQUEST']._serialized_end=427
-  _globals['_GENERATESPEECHRESPONSE']._serialized_start=429
-  _globals['_GENERATESPEECHRESPONSE']._serialized_end=484
-  _globals['_GETSPEECHJOBREQUEST']._serialized_start=486
-  _globals['_GETSPEECHJOBREQUEST']._serialized_end=576
-  _globals['_GETSPEECHJOBRESPONSE']._serialized_start=578
-  _globals['_GETSPEECHJOBRESPONSE']._serialized_end=631
-  _globals['_LISTSPEECHJOBSREQUEST']._serialized_start=633
-  _globals['_LISTSPEECHJOBSREQUEST']._serialized_end=733
-  _globals['_LISTSPEECHJOBSRESPONSE']._serialized_start=735
-  _globals['_LISTSPEECHJOBSRESPONSE']._serialized_end=816
-  _globals['_CANCELSPEECHJOBREQUEST']._serialized_start=818
-  _globals['_CANCELSPEECHJOBREQUEST']._serialized_end=858
-  _globals['_CANCELSPEECHJOBRESPONSE']._serialized_start=860
-  _globals['_CANCELSPEECHJOBRESPONSE']._serialized_end=916
-  _globals['_WATCHSPEECHJOBREQUEST']._serialized_start=918
-  _globals['_WATCHSPEECHJOBREQUEST']._serialized_end=981
-  _globals['_WATCHSPEECHJOBRESPONSE']._serialized_start=983
-  _globals['_WATCHSPEECHJOBRESPONSE']._serialized_end=1045
-  _globals['_GENERATESPEECHSTREAMREQUEST']._serialized_start=1047
-  _globals['_GENERATESPEECHSTREAMREQUEST']._serialized_end=1129
-  _globals['_GENERATESPEECHSTREAMRESPONSE']._serialized_start=1131
-  _globals['_GENERATESPEECHSTREAMRESPONSE']._serialized_end=1199
-  _globals['_DOWNLOADSPEECHREQUEST']._serialized_start=1201
-  _globals['_DOWNLOADSPEECHREQUEST']._serialized_end=1280
-  _globals['_DOWNLOADSPEECHRESPONSE']._serialized_start=1282
-  _globals['_DOWNLOADSPEECHRESPONSE']._serialized_end=1377
-  _globals['_SPEECHSERVICE']._serialized_start=1380
-  _globals['_SPEECHSERVICE']._serialized_end=2053
+  _globals['_GENERATESPEECHREQUEST']._serialized_end=466
+  _globals['_GENERATESPEECHRESPONSE']._serialized_start=468
+  _globals['_GENERATESPEECHRESPONSE']._serialized_end=523
+  _globals['_GETSPEECHJOBREQUEST']._serialized_start=525
+  _globals['_GETSPEECHJOBREQUEST']._serialized_end=615
+  _globals['_GETSPEECHJOBRESPONSE']._serialized_start=617
+  _globals['_GETSPEECHJOBRESPONSE']._serialized_end=670
+  _globals['_LISTSPEECHJOBSREQUEST']._serialized_start=672
+  _globals['_LISTSPEECHJOBSREQUEST']._serialized_end=772
+  _globals['_LISTSPEECHJOBSRESPONSE']._serialized_start=774
+  _globals['_LISTSPEECHJOBSRESPONSE']._serialized_end=855
+  _globals['_CANCELSPEECHJOBREQUEST']._serialized_start=857
+  _globals['_CANCELSPEECHJOBREQUEST']._serialized_end=897
+  _globals['_CANCELSPEECHJOBRESPONSE']._serialized_start=899
+  _globals['_CANCELSPEECHJOBRESPONSE']._serialized_end=955
+  _globals['_WATCHSPEECHJOBREQUEST']._serialized_start=957
+  _globals['_WATCHSPEECHJOBREQUEST']._serialized_end=1020
+  _globals['_WATCHSPEECHJOBRESPONSE']._serialized_start=1022
+  _globals['_WATCHSPEECHJOBRESPONSE']._serialized_end=1084
+  _globals['_GENERATESPEECHSTREAMREQUEST']._serialized_start=1086
+  _globals['_GENERATESPEECHSTREAMREQUEST']._serialized_end=1168
+  _globals['_GENERATESPEECHSTREAMRESPONSE']._serialized_start=1170
+  _globals['_GENERATESPEECHSTREAMRESPONSE']._serialized_end=1238
+  _globals['_DOWNLOADSPEECHREQUEST']._serialized_start=1240
+  _globals['_DOWNLOADSPEECHREQUEST']._serialized_end=1319
+  _globals['_DOWNLOADSPEECHRESPONSE']._serialized_start=1321
+  _globals['_DOWNLOADSPEECHRESPONSE']._serialized_end=1416
+  _globals['_SPEECHSERVICE']._serialized_start=1419
+  _globals['_SPEECHSERVICE']._serialized_end=2092
 # @@protoc_insertion_point(module_scope)

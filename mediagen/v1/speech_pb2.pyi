@@ -30,6 +30,7 @@ class GenerateSpeechRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     TEXT_FIELD_NUMBER: _builtins.int
     VOICE_FIELD_NUMBER: _builtins.int
     SPEED_FIELD_NUMBER: _builtins.int
@@ -65,6 +66,10 @@ class GenerateSpeechRequest(_message.Message):
     def timeout(self) -> _duration_pb2.Duration:
         """Give up (and cancel at the vendor) after this long; capped by the server."""
 
+    @_builtins.property
+    def webhook(self) -> _common_pb2.Webhook:
+        """Call this URL back on job events (overrides the tenant's default webhook)."""
+
     def __init__(
         self,
         *,
@@ -73,6 +78,7 @@ class GenerateSpeechRequest(_message.Message):
         model: _builtins.str = ...,
         provider_options: _struct_pb2.Struct | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        webhook: _common_pb2.Webhook | None = ...,
         text: _builtins.str = ...,
         voice: _builtins.str = ...,
         speed: _builtins.float = ...,
@@ -80,9 +86,9 @@ class GenerateSpeechRequest(_message.Message):
         language: _builtins.str = ...,
         instructions: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["provider_options", b"provider_options", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["provider_options", b"provider_options", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "instructions", b"instructions", "language", b"language", "model", b"model", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "speed", b"speed", "text", b"text", "timeout", b"timeout", "voice", b"voice"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "instructions", b"instructions", "language", b"language", "model", b"model", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "speed", b"speed", "text", b"text", "timeout", b"timeout", "voice", b"voice", "webhook", b"webhook"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,7 +27,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from mediagen.v1 import common_pb2 as mediagen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mediagen/v1/video.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xf9\x02\n\x14GenerateVideoRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x0b \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x0c \x01(\x01\x12\x14\n\x0c\x61spect_ratio\x18\r \x01(\t\x12\r\n\x05width\x18\x0e \x01(\x05\x12\x0e\n\x06height\x18\x0f \x01(\x05\x12,\n\x0binput_image\x18\x10 \x01(\x0b\x32\x17.mediagen.v1.MediaInput\x12\x11\n\x04seed\x18\x11 \x01(\x03H\x00\x88\x01\x01\x12\x0b\n\x03\x66ps\x18\x12 \x01(\x05\x42\x07\n\x05_seed\"6\n\x15GenerateVideoResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Y\n\x12GetVideoJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x13GetVideoJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"c\n\x14ListVideoJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"P\n\x15ListVideoJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x43\x61ncelVideoJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x16\x43\x61ncelVideoJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\">\n\x14WatchVideoJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x15WatchVideoJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"P\n\x1aGenerateVideoStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.mediagen.v1.GenerateVideoRequest\"C\n\x1bGenerateVideoStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"N\n\x14\x44ownloadVideoRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"^\n\x15\x44ownloadVideoResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8b\x05\n\x0cVideoService\x12V\n\rGenerateVideo\x12!.mediagen.v1.GenerateVideoRequest\x1a\".mediagen.v1.GenerateVideoResponse\x12P\n\x0bGetVideoJob\x12\x1f.mediagen.v1.GetVideoJobRequest\x1a .mediagen.v1.GetVideoJobResponse\x12V\n\rListVideoJobs\x12!.mediagen.v1.ListVideoJobsRequest\x1a\".mediagen.v1.ListVideoJobsResponse\x12Y\n\x0e\x43\x61ncelVideoJob\x12\".mediagen.v1.CancelVideoJobRequest\x1a#.mediagen.v1.CancelVideoJobResponse\x12X\n\rWatchVideoJob\x12!.mediagen.v1.WatchVideoJobRequest\x1a\".mediagen.v1.WatchVideoJobResponse0\x01\x12j\n\x13GenerateVideoStream\x12\'.mediagen.v1.GenerateVideoStreamRequest\x1a(.mediagen.v1.GenerateVideoStreamResponse0\x01\x12X\n\rDownloadVideo\x12!.mediagen.v1.DownloadVideoRequest\x1a\".mediagen.v1.DownloadVideoResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mediagen/v1/video.proto\x12\x0bmediagen.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x18mediagen/v1/common.proto\"\xa0\x03\n\x14GenerateVideoRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08provider\x18\x02 \x01(\t\x12\r\n\x05model\x18\x03 \x01(\t\x12\x31\n\x10provider_options\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12%\n\x07webhook\x18\x06 \x01(\x0b\x32\x14.mediagen.v1.Webhook\x12\x0e\n\x06prompt\x18\n \x01(\t\x12\x17\n\x0fnegative_prompt\x18\x0b \x01(\t\x12\x18\n\x10\x64uration_seconds\x18\x0c \x01(\x01\x12\x14\n\x0c\x61spect_ratio\x18\r \x01(\t\x12\r\n\x05width\x18\x0e \x01(\x05\x12\x0e\n\x06height\x18\x0f \x01(\x05\x12,\n\x0binput_image\x18\x10 \x01(\x0b\x32\x17.mediagen.v1.MediaInput\x12\x11\n\x04seed\x18\x11 \x01(\x03H\x00\x88\x01\x01\x12\x0b\n\x03\x66ps\x18\x12 \x01(\x05\x42\x07\n\x05_seed\"6\n\x15GenerateVideoResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"Y\n\x12GetVideoJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x33\n\x10\x64ownload_url_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"4\n\x13GetVideoJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\"c\n\x14ListVideoJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12$\n\x05state\x18\x03 \x01(\x0e\x32\x15.mediagen.v1.JobState\"P\n\x15ListVideoJobsResponse\x12\x1e\n\x04jobs\x18\x01 \x03(\x0b\x32\x10.mediagen.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\'\n\x15\x43\x61ncelVideoJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"7\n\x16\x43\x61ncelVideoJobResponse\x12\x1d\n\x03job\x18\x01 \x01(\x0b\x32\x10.mediagen.v1.Job\">\n\x14WatchVideoJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\"=\n\x15WatchVideoJobResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"P\n\x1aGenerateVideoStreamRequest\x12\x32\n\x07request\x18\x01 \x01(\x0b\x32!.mediagen.v1.GenerateVideoRequest\"C\n\x1bGenerateVideoStreamResponse\x12$\n\x05\x65vent\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.JobEvent\"N\n\x14\x44ownloadVideoRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x16\n\x0e\x61rtifact_index\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\"^\n\x15\x44ownloadVideoResponse\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\'\n\x08\x61rtifact\x18\x03 \x01(\x0b\x32\x15.mediagen.v1.Artifact2\x8b\x05\n\x0cVideoService\x12V\n\rGenerateVideo\x12!.mediagen.v1.GenerateVideoRequest\x1a\".mediagen.v1.GenerateVideoResponse\x12P\n\x0bGetVideoJob\x12\x1f.mediagen.v1.GetVideoJobRequest\x1a .mediagen.v1.GetVideoJobResponse\x12V\n\rListVideoJobs\x12!.mediagen.v1.ListVideoJobsRequest\x1a\".mediagen.v1.ListVideoJobsResponse\x12Y\n\x0e\x43\x61ncelVideoJob\x12\".mediagen.v1.CancelVideoJobRequest\x1a#.mediagen.v1.CancelVideoJobResponse\x12X\n\rWatchVideoJob\x12!.mediagen.v1.WatchVideoJobRequest\x1a\".mediagen.v1.WatchVideoJobResponse0\x01\x12j\n\x13GenerateVideoStream\x12\'.mediagen.v1.GenerateVideoStreamRequest\x1a(.mediagen.v1.GenerateVideoStreamResponse0\x01\x12X\n\rDownloadVideo\x12!.mediagen.v1.DownloadVideoRequest\x1a\".mediagen.v1.DownloadVideoResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,33 +35,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediagen.v1.video_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_GENERATEVIDEOREQUEST']._serialized_start=129
-  _globals['_GENERATEVIDEOREQUEST']._serialized_end=506
-  _globals['_GENERATEVIDEORESPONSE']._serialized_start=508
-  _globals['_GENERATEVIDEORESPONSE']._serialized_end=562
-  _globals['_GETVIDEOJOBREQUEST']._serialized_start=564
-  _globals['_GETVIDEOJOBREQUEST']._serialized_end=653
-  _globals['_GETVIDEOJOBRESPONSE']._serialized_start=655
-  _globals['_GETVIDEOJOBRESPONSE']._serialized_end=707
-  _globals['_LISTVIDEOJOBSREQUEST']._serialized_start=709
-  _globals['_LISTVIDEOJOBSREQUEST']._serialized_end=808
-  _globals['_LISTVIDEOJOBSRESPONSE']._serialized_start=810
-  _globals['_LISTVIDEOJOBSRESPONSE']._serialized_end=890
-  _globals['_CANCELVIDEOJOBREQUEST']._serialized_start=892
-  _globals['_CANCELVIDEOJOBREQUEST']._serialized_end=931
-  _globals['_CANCELVIDEOJOBRESPONSE']._serialized_start=933
-  _globals['_CANCELVIDEOJOBRESPONSE']._serialized_end=988
-  _globals['_WATCHVIDEOJOBREQUEST']._serialized_start=990
-  _globals['_WATCHVIDEOJOBREQUEST']._serialized_end=1052
-  _globals['_WATCHVIDEOJOBRESPONSE']._serialized_start=1054
-  _globals['_WATCHVIDEOJOBRESPONSE']._serialized_end=1115
-  _globals['_GENERATEVIDEOSTREAMREQUEST']._serialized_start=1117
-  _globals['_GENERATEVIDEOSTREAMREQUEST']._serialized_end=1197
-  _globals['_GENERATEVIDEOSTREAMRESPONSE']._serialized_start=1199
-  _globals['_GENERATEVIDEOSTREAMRESPONSE']._serialized_end=1266
-  _globals['_DOWNLOADVIDEOREQUEST']._serialized_start=1268
-  _globals['_DOWNLOADVIDEOREQUEST']._serialized_end=1346
-  _globals['_DOWNLOADVIDEORESPONSE']._serialized_start=1348
-  _globals['_DOWNLOADVIDEORESPONSE']._serialized_end=1442
-  _globals['_VIDEOSERVICE']._serialized_start=1445
-  _globals['_VIDEOSERVICE']._serialized_end=2096
+  _globals['_GENERATEVIDEOREQUEST']._serialized_end=545
+  _globals['_GENERATEVIDEORESPONSE']._serialized_start=547
+  _globals['_GENERATEVIDEORESPONSE']._serialized_end=601
+  _globals['_GETVIDEOJOBREQUEST']._serialized_start=603
+  _globals['_GETVIDEOJOBREQUEST']._serialized_end=692
+  _globals['_GETVIDEOJOBRESPONSE']._serialized_start=694
+  _globals['_GETVIDEOJOBRESPONSE']._serialized_end=746
+  _globals['_LISTVIDEOJOBSREQUEST']._serialized_start=748
+  _globals['_LISTVIDEOJOBSREQUEST']._serialized_end=847
+  _globals['_LISTVIDEOJOBSRESPONSE']._serialized_start=849
+  _globals['_LISTVIDEOJOBSRESPONSE']._serialized_end=929
+  _globals['_CANCELVIDEOJOBREQUEST']._serialized_start=931
+  _globals['_CANCELVIDEOJOBREQUEST']._serialized_end=970
+  _globals['_CANCELVIDEOJOBRESPONSE']._serialized_start=972
+  _globals['_CANCELVIDEOJOBRESPONSE']._serialized_end=1027
+  _globals['_WATCHVIDEOJOBREQUEST']._serialized_start=1029
+  _globals['_WATCHVIDEOJOBREQUEST']._serialized_end=1091
+  _globals['_WATCHVIDEOJOBRESPONSE']._serialized_start=1093
+  _globals['_WATCHVIDEOJOBRESPONSE']._serialized_end=1154
+  _globals['_GENERATEVIDEOSTREAMREQUEST']._serialized_start=1156
+  _globals['_GENERATEVIDEOSTREAMREQUEST']._serialized_end=1236
+  _globals['_GENERATEVIDEOSTREAMRESPONSE']._serialized_start=1238
+  _globals['_GENERATEVIDEOSTREAMRESPONSE']._serialized_end=1305
+  _globals['_DOWNLOADVIDEOREQUEST']._serialized_start=1307
+  _globals['_DOWNLOADVIDEOREQUEST']._serialized_end=1385
+  _globals['_DOWNLOADVIDEORESPONSE']._serialized_start=1387
+  _globals['_DOWNLOADVIDEORESPONSE']._serialized_end=1481
+  _globals['_VIDEOSERVICE']._serialized_start=1484
+  _globals['_VIDEOSERVICE']._serialized_end=2135
 # @@protoc_insertion_point(module_scope)

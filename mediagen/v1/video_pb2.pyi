@@ -30,6 +30,7 @@ class GenerateVideoRequest(_message.Message):
     MODEL_FIELD_NUMBER: _builtins.int
     PROVIDER_OPTIONS_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    WEBHOOK_FIELD_NUMBER: _builtins.int
     PROMPT_FIELD_NUMBER: _builtins.int
     NEGATIVE_PROMPT_FIELD_NUMBER: _builtins.int
     DURATION_SECONDS_FIELD_NUMBER: _builtins.int
@@ -73,6 +74,10 @@ class GenerateVideoRequest(_message.Message):
         """Give up (and cancel at the vendor) after this long; capped by the server."""
 
     @_builtins.property
+    def webhook(self) -> _common_pb2.Webhook:
+        """Call this URL back on job events (overrides the tenant's default webhook)."""
+
+    @_builtins.property
     def input_image(self) -> _common_pb2.MediaInput:
         """First frame for image-to-video."""
 
@@ -84,6 +89,7 @@ class GenerateVideoRequest(_message.Message):
         model: _builtins.str = ...,
         provider_options: _struct_pb2.Struct | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        webhook: _common_pb2.Webhook | None = ...,
         prompt: _builtins.str = ...,
         negative_prompt: _builtins.str = ...,
         duration_seconds: _builtins.float = ...,
@@ -94,9 +100,9 @@ class GenerateVideoRequest(_message.Message):
         seed: _builtins.int | None = ...,
         fps: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "input_image", b"input_image", "provider_options", b"provider_options", "seed", b"seed", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "input_image", b"input_image", "provider_options", b"provider_options", "seed", b"seed", "timeout", b"timeout", "webhook", b"webhook"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "aspect_ratio", b"aspect_ratio", "duration_seconds", b"duration_seconds", "fps", b"fps", "height", b"height", "input_image", b"input_image", "model", b"model", "negative_prompt", b"negative_prompt", "prompt", b"prompt", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "seed", b"seed", "timeout", b"timeout", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "aspect_ratio", b"aspect_ratio", "duration_seconds", b"duration_seconds", "fps", b"fps", "height", b"height", "input_image", b"input_image", "model", b"model", "negative_prompt", b"negative_prompt", "prompt", b"prompt", "provider", b"provider", "provider_options", b"provider_options", "request_id", b"request_id", "seed", b"seed", "timeout", b"timeout", "webhook", b"webhook", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015

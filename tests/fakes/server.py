@@ -260,8 +260,10 @@ class _Fault:
 class FakeVendorServer:
     """A real HTTP server on 127.0.0.1 with routes, faults and a request log. See the module doc."""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._host = host
+        # 0: a free port; a fixed one lets a test stand a server up where a URL already points.
+        self._port = port
         self._lock = threading.Lock()
         self._routes: list[_Route] = []
         self._faults: list[_Fault] = []
@@ -278,7 +280,7 @@ class FakeVendorServer:
         if self._server is not None:
             return self
         self._stopping.clear()
-        self._server = ThreadingHTTPServer((self._host, 0), _make_handler(self))
+        self._server = ThreadingHTTPServer((self._host, self._port), _make_handler(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True
