@@ -59,8 +59,8 @@ class Receiver:
         self.server.__exit__(None, None, None)
 
 
-async def _until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
+async def _until(predicate, within=20.0):
+    deadline = time.monotonic() + within
     while not predicate():
         assert time.monotonic() < deadline, "timed out waiting"
         await asyncio.sleep(0.05)
@@ -144,7 +144,7 @@ async def test_a_receiver_that_never_answers_does_not_delay_others(hooked):
         await _generate(hooked, stuck.url)
         started = time.monotonic()
         await _generate(hooked, fast.url)
-        await _until(lambda: fast.deliveries, timeout=5)
+        await _until(lambda: fast.deliveries, within=5)
         assert time.monotonic() - started < 5
     finally:
         fast.close()
@@ -206,7 +206,7 @@ async def test_kill_9_between_the_change_and_the_delivery_still_delivers(tmp_pat
             server.route("POST", "/hook", lambda r: (got.append(verify_webhook(r.body, r.headers, SECRET)), Reply(204))[1])
             process.start()
             await _ready(port)
-            await _until(lambda: got, timeout=30)
+            await _until(lambda: got, within=30)
             assert got[0]["type"] == "job.succeeded" and got[0]["data"]["id"] == job.id
             delivery = (await _get(remote, job.id)).webhook_deliveries[0]
             assert delivery.event_id == pending[0].event_id and delivery.state == common_pb2.WEBHOOK_DELIVERY_STATE_DELIVERED
