@@ -1,0 +1,240 @@
+"""What the speech adapter tests share (a server around a fake vendor, gRPC helpers), and the
+tests that hold for every speech provider (catalog entries, presets, unconfigured keys)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.protobuf import json_format
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from mediagen.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    common_pb2,
+    sound_effect_pb2,
+    sound_effect_pb2_grpc,
+    speech_pb2,
+    speech_pb2_grpc,
+)
+from providers.mock.media import MediaInfo, probe
+from providers.retry import RetryPolicy
+from providers.speech_text import VOICE_PRESETS
+from server.app import MediagenServer
+from tests.conftest import make_settings
+
+SPEECH = common_pb2.MEDIA_TYPE_SPEECH
+SOUND_EFFECT = common_pb2.MEDIA_TYPE_SOUND_EFFECT
+FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0, max_attempts=3)
+Code = grpc.StatusCode
+
+_SERVICES = {
+    SPEECH: (speech_pb2, speech_pb2_grpc, "Speech"),
+    SOUND_EFFECT: (sound_effect_pb2, sound_effect_pb2_grpc, "SoundEffect"),
+}
+
+
+def error_reason(status) -> tuple[str, dict[str, str]]:
+    for detail in status.details:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason, dict(info.metadata)
+    raise AssertionError("no ErrorInfo")
+
+
+def retry_delay(status) -> float | None:
+    for detail in status.details:
+        info = error_details_pb2.RetryInfo()
+        if detail.Unpack(info):
+            return info.retry_delay.ToNanoseconds() / 1e9
+    return None
+
+
+def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
+    fields = []
+    for detail in rpc_status.from_call(err).details:
+        bad = error_details_pb2.BadRequest()
+        if detail.Unpack(bad):
+            fields += [v.field for v in bad.field_violations]
+    return fields
+
+
+def probe_bytes(data: bytes, content_type: str = "") -> MediaInfo:
+    fd, path = tempfile.mkstemp(prefix="speech-test-")
+    os.close(fd)
+    try:
+        Path(path).write_bytes(data)
+        return probe(path, content_type)
+    finally:
+        os.unlink(path)
+
+
+@dataclass
+class Env:
+    """A MediagenServer with one vendor fake behind it, and gRPC stubs to it."""
+
+    server: MediagenServer
+    channel: grpc.aio.Channel
+    media_type: int
+    provider_name: str
+    data_dir: Path
+    fake: Any = None
+
+    @property
+    def pb2(self):
+        return _SERVICES[self.media_type][0]
+
+    @property
+    def noun(self) -> str:
+        return _SERVICES[self.media_type][2]
+
+    @property
+    def stub(self):
+        pb2_grpc = _SERVICES[self.media_type][1]
+        return getattr(pb2_grpc, f"{self.noun}ServiceStub")(self.channel)
+
+    @property
+    def catalog(self) -> catalog_pb2_grpc.CatalogServiceStub:
+        return catalog_pb2_grpc.CatalogServiceStub(self.channel)
+
+    @property
+    def provider(self):
+        return self.server.registry.get(self.media_type, self.provider_name)
+
+    async def generate(self, **fields) -> common_pb2.Job:
+        request = getattr(self.pb2, f"Generate{self.noun}Request")()
+        json_format.ParseDict({"provider": self.provider_name, **fields}, request)
+        return (await getattr(self.stub, f"Generate{self.noun}")(request)).job
+
+    async def wait(self, job_id: str) -> common_pb2.Job:
+        request = getattr(self.pb2, f"Watch{self.noun}JobRequest")(job_id=job_id)
+        call = getattr(self.stub, f"Watch{self.noun}Job")(request, timeout=20)
+        return [r.event async for r in call][-1].job
+
+    async def run(self, **fields) -> common_pb2.Job:
+        return await self.wait((await self.generate(**fields)).id)
+
+    async def cancel(self, job_id: str) -> common_pb2.Job:
+        request = getattr(self.pb2, f"Cancel{self.noun}JobRequest")(job_id=job_id)
+        return (await getattr(self.stub, f"Cancel{self.noun}Job")(request)).job
+
+    async def download(self, job_id: str) -> bytes:
+        request = getattr(self.pb2, f"Download{self.noun}Request")(job_id=job_id)
+        call = getattr(self.stub, f"Download{self.noun}")(request)
+        return b"".join([m.data async for m in call])
+
+    def stored_files(self, job_id: str = "") -> list[Path]:
+        """Files in storage (of one job when ``job_id`` is given), half-written ones included."""
+        root = self.data_dir / "artifacts"
+        files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
+        return [p for p in files if job_id in p.as_posix()]
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path, media_type: int, provider_name: str, **settings):
+    """Start a MediagenServer (the environment must already point at the fake).
+
+    Failure tests share one server, so its circuit breakers must not open.
+    """
+    settings.setdefault("circuit_threshold", 1_000_000)
+    server = MediagenServer(make_settings(tmp_path, **settings))
+    server.runner.output_retry = FAST
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield Env(server, channel, media_type, provider_name, tmp_path / "data")
+    finally:
+        await server.stop(grace=0.1)
+
+
+@contextlib.asynccontextmanager
+async def vendor_server(
+    tmp_path: Path,
+    media_type: int,
+    provider_name: str,
+    env: dict[str, str],
+    class_attributes: Iterable[tuple[type, str, Any]] = (),
+    unset: Iterable[str] = (),
+):
+    """A server whose environment names the fake (set with monkeypatch before it is built)."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in unset:
+            patch.delenv(name, raising=False)
+        for name, value in env.items():
+            patch.setenv(name, value)
+        for cls, attribute, value in class_attributes:
+            patch.setattr(cls, attribute, value)
+        async with running(tmp_path, media_type, provider_name) as served:
+            yield served
+
+
+def assert_failed(job: common_pb2.Job, code: grpc.StatusCode, reason: str) -> dict[str, str]:
+    assert job.state == common_pb2.JOB_STATE_FAILED, job
+    assert job.error.code == code.value[0], job.error
+    got, metadata = error_reason(job.error)
+    assert got == reason, job.error
+    assert not job.artifacts
+    return metadata
+
+
+# --- every speech provider ----------------------------------------------------------------
+
+VENDOR_ENV = ("ELEVENLABS_API_KEY", "ELEVEN_API_KEY", "OPENAI_API_KEY", "GOOGLE_API_KEY",
+              "GOOGLE_OAUTH_ACCESS_TOKEN", "CLOUDSDK_AUTH_ACCESS_TOKEN")
+
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def bare(tmp_path_factory):
+    """A server with no vendor keys at all."""
+    async with vendor_server(tmp_path_factory.mktemp("bare"), SPEECH, "elevenlabs", {}, unset=VENDOR_ENV) as env:
+        yield env
+
+
+@pytest.mark.parametrize(
+    ("media_type", "name", "variable"),
+    [
+        (SPEECH, "elevenlabs", "ELEVENLABS_API_KEY"),
+    ],
+)
+async def test_missing_key_is_failed_precondition_naming_the_variable(bare, media_type, name, variable):
+    bare.media_type, bare.provider_name = media_type, name
+    fields = {"text": "Hello."} if media_type == SPEECH else {"prompt": "a door slams"}
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await bare.generate(**fields)
+    assert caught.value.code() == Code.FAILED_PRECONDITION
+    reason, _ = error_reason(rpc_status.from_call(caught.value))
+    assert reason == "PROVIDER_NOT_CONFIGURED"
+    assert variable in caught.value.details()
+    entry = (await bare.catalog.GetProvider(catalog_pb2.GetProviderRequest(name=name, media_type=media_type))).provider
+    assert not entry.configured and variable in entry.not_configured_reason
+
+
+async def test_catalog_entries_describe_the_speech_vendors(bare):
+    listed = await bare.catalog.ListProviders(catalog_pb2.ListProvidersRequest(media_type=SPEECH))
+    entries = {p.name: p for p in listed.providers}
+    for name, default_model in (("elevenlabs", "eleven_multilingual_v2"),):
+        entry = entries[name]
+        assert entry.documentation_uri.startswith("https://")
+        assert [m.name for m in entry.models if m.default] == [default_model]
+        assert entry.limits.max_text_characters > 0 and entry.limits.formats
+        priced = {p.model for p in entry.prices}
+        assert {m.name for m in entry.models} <= priced
+        assert all(p.unit_price_micros > 0 and p.note for p in entry.prices)
+        # every shared voice preset is documented by every provider
+        notes = " ".join(entry.notes)
+        assert all(preset in notes for preset in VOICE_PRESETS), name
+    retired = [m.name for m in entries["elevenlabs"].models if m.retired]
+    assert retired == ["eleven_monolingual_v1", "eleven_multilingual_v1"]
