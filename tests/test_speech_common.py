@@ -208,6 +208,7 @@ async def bare(tmp_path_factory):
     [
         (SPEECH, "elevenlabs", "ELEVENLABS_API_KEY"),
         (SPEECH, "openai", "OPENAI_API_KEY"),
+        (SPEECH, "google", "GOOGLE_API_KEY"),
     ],
 )
 async def test_missing_key_is_failed_precondition_naming_the_variable(bare, media_type, name, variable):
@@ -226,7 +227,7 @@ async def test_missing_key_is_failed_precondition_naming_the_variable(bare, medi
 async def test_catalog_entries_describe_the_speech_vendors(bare):
     listed = await bare.catalog.ListProviders(catalog_pb2.ListProvidersRequest(media_type=SPEECH))
     entries = {p.name: p for p in listed.providers}
-    for name, default_model in (("elevenlabs", "eleven_multilingual_v2"), ("openai", "tts-1")):
+    for name, default_model in (("elevenlabs", "eleven_multilingual_v2"), ("openai", "tts-1"), ("google", "neural2")):
         entry = entries[name]
         assert entry.documentation_uri.startswith("https://")
         assert [m.name for m in entry.models if m.default] == [default_model]
