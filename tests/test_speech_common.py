@@ -209,6 +209,7 @@ async def bare(tmp_path_factory):
         (SPEECH, "elevenlabs", "ELEVENLABS_API_KEY"),
         (SPEECH, "openai", "OPENAI_API_KEY"),
         (SPEECH, "google", "GOOGLE_API_KEY"),
+        (SOUND_EFFECT, "elevenlabs", "ELEVENLABS_API_KEY"),
     ],
 )
 async def test_missing_key_is_failed_precondition_naming_the_variable(bare, media_type, name, variable):
