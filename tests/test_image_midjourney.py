@@ -27,6 +27,7 @@ from tests.fakes.midjourney import MJ_SECRET, FakeMidjourneyProxy
 from tests.fakes.server import (
     FakeVendorServer,
     dropped,
+    json_reply,
     malformed_json,
     rate_limited,
     server_error,
@@ -250,6 +251,15 @@ async def test_queue_full_for_good_is_rate_limited(env):
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
     assert reason_of(job.error) == "PROVIDER_RATE_LIMITED"
     assert len(env.fake.submits()) == FAST.max_attempts
+
+
+async def test_relay_out_of_balance_code(env):
+    env.fake.server.fail_next(
+        "POST", "/mj/submit/imagine", json_reply({"code": 25, "description": "insufficient balance", "result": None})
+    )
+    job = await env.run()
+    assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
+    assert reason_of(job.error) == "PROVIDER_OUT_OF_CREDIT"
 
 
 async def test_wrong_secret_is_auth_failed(start):

@@ -17,6 +17,7 @@ import pytest
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from PIL import Image
 
 from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, image_pb2, image_pb2_grpc
 from providers.base import JobContext, VendorHandle
@@ -44,6 +45,12 @@ from tests.fakes.server import (
 
 Code = grpc.StatusCode
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0, max_attempts=4)
+
+
+def _png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def reason_of(status) -> str:
@@ -291,13 +298,15 @@ async def test_rate_limit_is_retried_after_retry_after(env):
     assert calls[1].at - calls[0].at >= 0.14 and calls[2].at - calls[1].at >= 0.19
 
 
-async def test_rate_limit_gives_up_with_retry_info(env):
-    env.fake.server.fail_next("POST", "/v1/images/generations", rate_limit_exceeded(retry_after=0.01), times=10)
+@pytest.mark.parametrize("retry_after", [None, 0.01])
+async def test_rate_limit_gives_up(env, retry_after):
+    env.fake.server.fail_next("POST", "/v1/images/generations", rate_limit_exceeded(retry_after=retry_after), times=10)
     job = await env.run()
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
     assert reason_of(job.error) == "PROVIDER_RATE_LIMITED"
-    assert len(env.fake.generations()) == FAST.max_attempts
-    assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in job.error.details)
+    assert len(env.fake.generations()) == FAST.max_attempts  # backoff without Retry-After
+    has_retry_info = any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in job.error.details)
+    assert has_retry_info == (retry_after is not None)
 
 
 @pytest.mark.parametrize(
@@ -374,7 +383,7 @@ async def test_dall_e_output_url_404_and_cut_short(env):
         ({"provider_options": {"output_compression": 50}}, "provider_options.output_compression"),
         ({"provider_options": {"response_format": "url"}}, "provider_options.response_format"),
         ({"provider_options": {"moderation": "none"}}, "provider_options.moderation"),
-        ({"input_image": {"data": base64.b64encode(b"x").decode()}}, "input_image"),
+        ({"input_image": {"data": base64.b64encode(_png()).decode()}}, "input_image"),
     ],
 )
 async def test_unsupported_fields_are_refused_before_any_call(env, fields, field):

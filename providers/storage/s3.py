@@ -266,7 +266,8 @@ class S3Storage(Storage):
                     return
                 yield chunk
         finally:
-            self._submit(body.close)
+            with contextlib.suppress(RuntimeError):  # the pool is already shut down
+                self._submit(body.close)
 
     async def size(self, key: str) -> int:
         object_key = self.object_key(key)
