@@ -414,7 +414,7 @@ def _settings(tmp_path, **overrides):
     return make_settings(tmp_path, **overrides)
 
 
-async def test_spool_is_dropped_on_cancel_and_missing_spool_fails(fake, tmp_path, monkeypatch):
+async def test_spool_survives_a_restart_and_is_dropped_on_cancel(fake, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
     monkeypatch.setenv("OPENAI_API_KEY", OPENAI_KEY)
     provider = OpenAIImages(_settings(tmp_path))
@@ -424,6 +424,9 @@ async def test_spool_is_dropped_on_cancel_and_missing_spool_fails(fake, tmp_path
         handle = await provider.submit(request, "gpt-image-1", ctx)
         stored = json.loads(json.dumps(handle.to_json()))  # what the job store keeps
         assert "b64_json" not in json.dumps(stored) and len(json.dumps(stored)) < 2000
+        # A restarted server (a new provider) finds the images from the stored handle.
+        await provider.aclose()
+        provider = OpenAIImages(_settings(tmp_path))
         handle = VendorHandle.from_json(stored)
         result = await provider.poll(handle, ctx)
         assert [o.content_type for o in result.outputs] == ["image/png", "image/png"]

@@ -223,7 +223,7 @@ class OpenAIImages(Provider):
         self.settings = settings
         self.api_key, _ = env_secret(*self.credential_env)
         self.max_output_bytes = int(settings.max_output_bytes)
-        self.spool_dir = Path(settings.data_dir) / "spool" / "openai-images"
+        self.spool_dir = (Path(settings.data_dir) / "spool" / "openai-images").absolute()
         self.spool_max_age = float(settings.max_job_timeout) + SPOOL_GRACE_SECONDS
         headers: dict[str, str] = {}
         if self.api_key:

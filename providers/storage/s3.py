@@ -12,7 +12,8 @@ Writes are all or nothing:
 - A stream that fits in one part (8 MiB, more for huge ``max_bytes`` so that
   10,000 parts always suffice) is sent with one PutObject. Larger streams go
   through a multipart upload, one part at a time: at most one part (plus one
-  chunk) is buffered in memory.
+  chunk) is buffered in memory, and the part is sent from that buffer without
+  a copy.
 - The SHA-256 of the whole object is computed while streaming. A single
   PutObject carries it as ``x-amz-meta-sha256`` and as ``ChecksumSHA256``
   (S3 checks it). A multipart upload cannot carry metadata known only at the
@@ -221,15 +222,17 @@ class S3Storage(Storage):
                 digest.update(chunk)
                 buffer += chunk
                 if len(buffer) >= part_size:
-                    part = bytes(buffer[:part_size])
-                    del buffer[:part_size]
+                    # Hand the buffer itself to the upload (no copy of the part);
+                    # only the few bytes past the part boundary move to a new one.
+                    part, buffer = buffer, buffer[part_size:]
+                    del part[part_size:]
                     await upload.part(part)
             sha256 = digest.hexdigest()
             if upload.upload_id is None:
                 await upload.put(bytes(buffer), digest.digest())
             else:
                 if buffer:
-                    await upload.part(bytes(buffer))
+                    await upload.part(buffer)
                 await upload.complete()
                 await upload.tag_sha256(sha256)
         except BaseException as exc:
@@ -336,7 +339,7 @@ class _Upload:
         self._inflight = self.storage._submit(fn)
         return await asyncio.wrap_future(self._inflight)
 
-    async def part(self, data: bytes) -> None:
+    async def part(self, data: bytes | bytearray) -> None:
         if self.upload_id is None:
             await self._run(self._create)
         await self._run(functools.partial(self._upload_part, len(self.parts) + 1, data))
@@ -347,7 +350,7 @@ class _Upload:
         )
         self.upload_id = answer["UploadId"]
 
-    def _upload_part(self, number: int, data: bytes) -> None:
+    def _upload_part(self, number: int, data: bytes | bytearray) -> None:
         checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
         answer = self.client.upload_part(
             Bucket=self.bucket,
