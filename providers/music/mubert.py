@@ -389,8 +389,8 @@ class MubertProvider(Provider):
                 )
             else:
                 body["bitrate"] = int(bitrate)
-        key = options.get("key")
-        if key is not None:
+        music_key = options.get("key")
+        if music_key is not None:
             if playlist is None:
                 out.append(
                     FieldViolation(
@@ -399,7 +399,7 @@ class MubertProvider(Provider):
                         "UNSUPPORTED_FIELD",
                     )
                 )
-            elif not isinstance(key, str) or not _KEY.match(key):
+            elif not isinstance(music_key, str) or not _KEY.match(music_key):
                 out.append(
                     FieldViolation(
                         "provider_options.key",
@@ -408,7 +408,7 @@ class MubertProvider(Provider):
                     )
                 )
             else:
-                body["key"] = key
+                body["key"] = music_key
         if out:
             raise InvalidArgument(
                 "; ".join(f"{v.field}: {v.description}" for v in out),

@@ -368,8 +368,8 @@ class SunoProvider(Provider):
         lyrics = request.lyrics.strip()
         instrumental = request.instrumental
         tempo = f"{request.tempo_bpm:g} bpm" if request.HasField("tempo_bpm") else ""
-        style_option = options.get("style") if isinstance(options.get("style"), str) else ""
-        title_option = options.get("title") if isinstance(options.get("title"), str) else ""
+        style_option = str(options["style"]) if isinstance(options.get("style"), str) else ""
+        title_option = str(options["title"]) if isinstance(options.get("title"), str) else ""
         custom = (
             bool(lyrics)
             or bool(style_option)

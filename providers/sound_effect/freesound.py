@@ -422,7 +422,7 @@ class FreesoundProvider(Provider):
         except (TypeError, ValueError):
             duration = 0.0
         original_type = str(sound.get("type") or "").lower()
-        previews = sound.get("previews") if isinstance(sound.get("previews"), Mapping) else {}
+        previews = dict(sound["previews"]) if isinstance(sound.get("previews"), Mapping) else {}
         preview_url = previews.get(PREVIEW) if isinstance(previews.get(PREVIEW), str) else ""
         use_original = (
             bool(self.oauth_token)
