@@ -9,9 +9,9 @@ import grpc
 from mediagen.v1 import common_pb2, music_pb2, music_pb2_grpc
 
 
-async def _settle(predicate, timeout=5.0):
+async def _settle(predicate, within=5.0):
     loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
+    end = loop.time() + within
     while not predicate():
         assert loop.time() < end, "did not settle"
         await asyncio.sleep(0.02)
