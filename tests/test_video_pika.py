@@ -353,11 +353,12 @@ async def test_status_polls_honour_retry_after(pika):
 
 
 async def test_transient_status_failures_are_retried(pika):
-    pika.provider.http.timeout = httpx.Timeout(0.3)
+    # Short enough to time out the slow answer, long enough for a healthy one on a busy machine.
+    pika.provider.http.timeout = httpx.Timeout(0.8)
     pika.fake.server.script(
         "GET",
         STATUS,
-        [rate_limited(), server_error(500), slow(1.0), dropped(), malformed_json()],
+        [rate_limited(), server_error(500), slow(2.0), dropped(), malformed_json()],
     )
     final = await pika.run()
     assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
