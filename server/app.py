@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import structlog
@@ -87,7 +88,7 @@ class MediagenServer:
             webhooks=self.webhook_policy,
         )
         self.metrics_port = 0
-        self._metrics_server = None
+        self._metrics_server: WSGIServer | None = None
         self.health = HealthServicer()
         self.server: grpc.aio.Server | None = None
         self.port: int = 0

@@ -34,7 +34,7 @@ def behavior_of(handler):
     return getattr(handler, _kind(handler))
 
 
-def wrap(handler, before: Callable[[grpc.aio.ServicerContext], None], after: Callable[[grpc.aio.ServicerContext], None] | None = None):
+def wrap(handler, before: Callable[[grpc.aio.ServicerContext], object], after: Callable[[grpc.aio.ServicerContext], object] | None = None):
     """Run ``before(context)`` ahead of the handler and ``after(context)`` once it is done."""
     inner = behavior_of(handler)
     if handler.response_streaming:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import abc
 import base64
+import builtins
 import json
 import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +102,7 @@ def charged_micros(job: common_pb2.Job) -> int:
 class JobStore(abc.ABC):
     @abc.abstractmethod
     async def create(
-        self, record: JobRecord, event: common_pb2.JobEvent, budgets: list[BudgetCheck] = ()
+        self, record: JobRecord, event: common_pb2.JobEvent, budgets: Sequence[BudgetCheck] = ()
     ) -> tuple[JobRecord, bool]:
         """Insert a new job and its first event, unless (tenant, request_id) exists.
 
@@ -117,7 +119,7 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def save(
-        self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: list[WebhookItem] = ()
+        self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: Sequence[WebhookItem] = ()
     ) -> None:
         """Store the record's current state, its event and its webhook events in one transaction."""
 
@@ -145,10 +147,10 @@ class JobStore(abc.ABC):
         """Jobs newest first, and the token of the next page ('' at the end)."""
 
     @abc.abstractmethod
-    async def events(self, job_id: str, after_sequence: int = 0) -> list[common_pb2.JobEvent]: ...
+    async def events(self, job_id: str, after_sequence: int = 0) -> builtins.list[common_pb2.JobEvent]: ...
 
     @abc.abstractmethod
-    async def unfinished(self) -> list[JobRecord]:
+    async def unfinished(self) -> builtins.list[JobRecord]:
         """Jobs that have not ended, oldest first (for recovery after a restart)."""
 
     @abc.abstractmethod
@@ -159,11 +161,11 @@ class JobStore(abc.ABC):
     async def usage(
         self, *, start_ns: int, end_ns: int, tenant: str | None, by_tenant: bool, by_provider: bool,
         by_media_type: bool, period: str,
-    ) -> list[UsageGroup]:
+    ) -> builtins.list[UsageGroup]:
         """Spend grouped as asked; ``period`` is "", "day" or "month" (UTC)."""
 
     @abc.abstractmethod
-    async def ended_before(self, cutoff_ns: int, limit: int = 500) -> list[JobRecord]:
+    async def ended_before(self, cutoff_ns: int, limit: int = 500) -> builtins.list[JobRecord]:
         """Jobs that ended before ``cutoff_ns`` (epoch nanoseconds), oldest first."""
 
     @abc.abstractmethod
@@ -264,7 +266,7 @@ class SQLiteJobStore(JobStore):
         )
 
     async def create(
-        self, record: JobRecord, event: common_pb2.JobEvent, budgets: list[BudgetCheck] = ()
+        self, record: JobRecord, event: common_pb2.JobEvent, budgets: Sequence[BudgetCheck] = ()
     ) -> tuple[JobRecord, bool]:
         job = record.job
         try:
@@ -378,7 +380,7 @@ class SQLiteJobStore(JobStore):
         return self._row_to_record(row) if row else None
 
     async def save(
-        self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: list[WebhookItem] = ()
+        self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: Sequence[WebhookItem] = ()
     ) -> None:
         job = record.job
         with self._db:
@@ -461,21 +463,21 @@ class SQLiteJobStore(JobStore):
         next_token = encode_page_token(rows[page_size - 1][1], rows[page_size - 1][2]) if len(rows) > page_size else ""
         return jobs, next_token
 
-    async def events(self, job_id: str, after_sequence: int = 0) -> list[common_pb2.JobEvent]:
+    async def events(self, job_id: str, after_sequence: int = 0) -> builtins.list[common_pb2.JobEvent]:
         rows = self._db.execute(
             "SELECT event FROM events WHERE job_id = ? AND sequence > ? ORDER BY sequence",
             (job_id, after_sequence),
         ).fetchall()
         return [common_pb2.JobEvent.FromString(r[0]) for r in rows]
 
-    async def unfinished(self) -> list[JobRecord]:
+    async def unfinished(self) -> builtins.list[JobRecord]:
         rows = self._db.execute(
             "SELECT job, request, stage, handle, extra FROM jobs WHERE state IN (?, ?) ORDER BY create_ns",
             (common_pb2.JOB_STATE_QUEUED, common_pb2.JOB_STATE_RUNNING),
         ).fetchall()
         return [self._row_to_record(r) for r in rows]
 
-    async def ended_before(self, cutoff_ns: int, limit: int = 500) -> list[JobRecord]:
+    async def ended_before(self, cutoff_ns: int, limit: int = 500) -> builtins.list[JobRecord]:
         rows = self._db.execute(
             "SELECT job, request, stage, handle, extra FROM jobs WHERE end_ns < ? ORDER BY end_ns LIMIT ?",
             (cutoff_ns, limit),

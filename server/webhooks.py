@@ -228,7 +228,11 @@ class WebhookSender:
                         continue
                     task = asyncio.get_running_loop().create_task(self._deliver(item))
                     self._in_flight[item.event_id] = task
-                    task.add_done_callback(lambda _, eid=item.event_id: self._in_flight.pop(eid, None))
+
+                    def forget(_: asyncio.Task[None], eid: str = item.event_id) -> None:
+                        self._in_flight.pop(eid, None)
+
+                    task.add_done_callback(forget)
             except Exception:  # the outbox is read again at the next tick
                 log.exception("webhook outbox read failed")
             self._wake.clear()

@@ -113,7 +113,7 @@ def _classify_hook(response: httpx.Response, body: Any) -> MediagenError | None:
     if not isinstance(code, int) or code in _ACCEPTED:
         return None
     description = str(body.get("description") or "").strip()[:300]
-    properties = body.get("properties") if isinstance(body.get("properties"), dict) else {}
+    properties = dict(body["properties"]) if isinstance(body.get("properties"), dict) else {}
     text = f"midjourney-proxy refused the task (code {code}{': ' + description if description else ''})"
     metadata = {"vendorCode": str(code)}
     if code == 24:
@@ -450,7 +450,7 @@ class Midjourney(Provider):
         metadata = {"task_id": task_id}
         if task.get("action"):
             metadata["action"] = str(task["action"])
-        properties = task.get("properties") if isinstance(task.get("properties"), dict) else {}
+        properties = dict(task["properties"]) if isinstance(task.get("properties"), dict) else {}
         final_prompt = properties.get("finalPrompt") or task.get("promptEn")
         if final_prompt:
             metadata["final_prompt"] = str(final_prompt)[:4000]

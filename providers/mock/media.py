@@ -949,7 +949,7 @@ def _probe_wave(file: BinaryIO) -> MediaInfo | None:
 
 def _probe_av(file: BinaryIO, content_type: str, demuxer: str | None) -> MediaInfo:
     try:
-        with av.open(file, format=demuxer) as container:
+        with av.open(file, "r", format=demuxer) as container:
             streams = container.streams
             video = streams.video[0] if content_type == "video/mp4" and streams.video else None
             audio = streams.audio[0] if streams.audio else None
@@ -996,7 +996,7 @@ def _declared_duration(
 
 def _packet_duration(file: BinaryIO, demuxer: str | None) -> float:
     """Sum of the packet durations of the first audio or video stream, without decoding."""
-    with av.open(file, format=demuxer) as container:
+    with av.open(file, "r", format=demuxer) as container:
         stream = (container.streams.video or container.streams.audio)[0]
         ticks = sum(packet.duration or 0 for packet in container.demux(stream))
         return float(ticks * (stream.time_base or 0))

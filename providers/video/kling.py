@@ -184,9 +184,10 @@ def encode_jwt(access_key: str, secret_key: str, now: float) -> tuple[str, int]:
     """A Kling API token signed at ``now``: (token, its exp claim)."""
     issued = int(now)
     header = {"alg": "HS256", "typ": "JWT"}
+    expires = issued + TOKEN_LIFETIME
     claims = {
         "iss": access_key,
-        "exp": issued + TOKEN_LIFETIME,
+        "exp": expires,
         "nbf": issued - TOKEN_NOT_BEFORE_SKEW,
     }
     signing_input = ".".join(
@@ -196,7 +197,7 @@ def encode_jwt(access_key: str, secret_key: str, now: float) -> tuple[str, int]:
     signature = hmac.new(
         secret_key.encode("utf-8"), signing_input.encode("ascii"), hashlib.sha256
     ).digest()
-    return f"{signing_input}.{_b64url(signature)}", claims["exp"]
+    return f"{signing_input}.{_b64url(signature)}", expires
 
 
 class KlingAuth(httpx.Auth):
@@ -820,8 +821,8 @@ class KlingVideo(Provider):
     @staticmethod
     def _usage(task: dict[str, Any]) -> VendorUsage | None:
         try:
-            units = float(task.get("final_unit_deduction"))
-        except (TypeError, ValueError):
+            units = float(task["final_unit_deduction"])
+        except (KeyError, TypeError, ValueError):
             return None
         if units < 0:
             return None
