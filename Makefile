@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 BUF := tools/node_modules/.bin/buf
 
-.PHONY: install run test protos lint bench clean
+.PHONY: install run test protos lint bench clean proto-baseline docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,11 +34,23 @@ protos: $(STAMP)
 
 lint: $(STAMP) $(BUF)
 	$(BUF) lint
+	$(BUF) breaking protos --against protos/baseline.binpb
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(PY) scripts/gen_api_docs.py --check
+
+## Freeze the contract as released: `buf breaking` compares protos/ with this image.
+## Run only when a version is released (see README, Decisions).
+proto-baseline: $(BUF)
+	$(BUF) build protos --exclude-source-info -o protos/baseline.binpb
+
+## Regenerate docs/api.md from the protos and the error classes.
+docs: $(STAMP)
+	$(PY) scripts/gen_api_docs.py
 
 bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache tools/node_modules
+	rm -rf $(VENV) build *.egg-info .pytest_cache tools/node_modules clients/node/node_modules clients/node/dist
