@@ -277,19 +277,18 @@ class StabilityImageProvider(Provider):
             vendor_job_id="",
             data={
                 "model": spec.name,
-                "path": spec.path,
                 "fields": fields,
                 "seed": int(request.seed) if request.HasField("seed") else 0,
                 "count": request.count or 1,
-                "content_type": CONTENT_TYPES[fmt],
             },
         )
 
     async def poll(self, handle: VendorHandle, ctx: JobContext) -> PollResult:
+        fmt = handle.data["fields"]["output_format"]
         return PollResult(
             VendorState.SUCCEEDED,
             outputs=[
-                Output(content_type=handle.data["content_type"], data={"index": index})
+                Output(content_type=CONTENT_TYPES[fmt], data={"index": index})
                 for index in range(handle.data["count"])
             ],
         )
@@ -305,7 +304,7 @@ class StabilityImageProvider(Provider):
             fields["seed"] = seed
         response = await self.http.request(
             "POST",
-            handle.data["path"],
+            MODELS[model].path,
             files=multipart(fields),
             headers={"Accept": "image/*"},
             idempotent=False,

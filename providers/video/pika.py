@@ -353,17 +353,13 @@ class PikaProvider(Provider):
                 retryable=False,
             )
         base = f"{APP}/requests/{request_id}"
-        duration, resolution = self._shape(request, spec)
         return VendorHandle(
             vendor_job_id=request_id,
             data={
                 "model": spec.name,
-                "endpoint": endpoint,
                 "status_url": self._on_api(answer.get("status_url"), f"{base}/status"),
                 "response_url": self._on_api(answer.get("response_url"), base),
                 "cancel_url": self._on_api(answer.get("cancel_url"), f"{base}/cancel"),
-                "duration": duration,
-                "resolution": resolution,
             },
         )
 
@@ -440,7 +436,7 @@ class PikaProvider(Provider):
                 vendor_request_id=handle.vendor_job_id,
                 http_status=response.status_code,
             )
-        metadata = {"falRequestId": handle.vendor_job_id}
+        metadata = {}
         metrics = status.get("metrics")
         if isinstance(metrics, Mapping) and isinstance(metrics.get("inference_time"), (int, float)):
             metadata["inferenceSeconds"] = f"{metrics['inference_time']:.3f}"

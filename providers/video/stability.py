@@ -298,7 +298,7 @@ class StabilityVideoProvider(Provider):
                 http_status=response.status_code,
                 retryable=False,
             )
-        return VendorHandle(vendor_job_id=generation_id, data={"model": MODEL})
+        return VendorHandle(vendor_job_id=generation_id)
 
     async def poll(self, handle: VendorHandle, ctx: JobContext) -> PollResult:
         try:
