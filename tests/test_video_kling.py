@@ -29,6 +29,7 @@ from tests.fakes.server import (
     json_reply,
     malformed_json,
     server_error,
+    slow,
     truncated,
 )
 
@@ -424,17 +425,24 @@ async def test_token_from_a_skewed_clock_is_refused_as_kling_does(kling):
 
 
 async def test_poll_errors_are_retried(kling):
+    kling.provider.http.timeout = httpx.Timeout(0.3)
     kling.fake.server.script(
         "GET",
         "/v1/videos/text2video/{id}",
         [
+            # Kling documents no Retry-After; when one comes anyway, it is honoured.
+            json_reply(envelope(1302, "slow down"), 429, headers={"Retry-After": "0.3"}),
             json_reply(envelope(5000, "Server internal error"), 500),
             dropped(),
             json_reply(envelope(1302, "slow down"), 429),
+            slow(2.0),
+            malformed_json(),
         ],
     )
     final = await kling.run()
     assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
+    polls = kling.fake.server.calls("GET", "/v1/videos/text2video/{id}")
+    assert polls[1].at - polls[0].at >= 0.3
 
 
 async def test_task_vanishing_fails_the_job(kling):

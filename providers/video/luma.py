@@ -82,7 +82,9 @@ MAX_PROMPT_CHARS = 5000
 FRAME_RATE = 24
 FRAME_SIZES = {"540p": (960, 540), "720p": (1280, 720), "1080p": (1920, 1080), "4k": (3840, 2160)}
 MODERATION_FAILURE = re.compile(r"moderation|blacklist", re.IGNORECASE)
-INPUT_FAILURE = re.compile(r"user input frames|image|unsupported format", re.IGNORECASE)
+INPUT_FAILURE = re.compile(
+    r"user input frame|image too large|unsupported format|corrupt", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)

@@ -282,7 +282,8 @@ class RunwayVideo(Provider):
                 "duration_seconds: whole seconds; gen4.5/gen4_turbo 2-10, veo3.1 4/6/8, veo3 8, gen3a_turbo 5/10",
                 "input_image: https URL (domain name, at most 2048 characters) or inline JPEG/PNG/WebP "
                 "of at most 5 MB as a data URI",
-                "provider_options: contentModeration {publicFigureThreshold: auto|low}, audio (veo3.1)",
+                "provider_options: contentModeration {publicFigureThreshold: auto|low} (image-to-video), "
+                "audio (veo3.1; estimates assume audio unless audio is false)",
                 "prompt: at most 1000 UTF-16 code units; output URLs expire within 24-48 h and are stored at once",
             ],
         )
