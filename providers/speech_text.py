@@ -16,18 +16,16 @@ up to 100,000 characters, so an adapter:
    ====================  ==============================================================
    pcm (raw s16le)       samples appended; nothing to fix.
    wav                   samples appended into a spool file on disk, then one RIFF
-                         header with the real length, then the samples. (The header
-                         comes first and needs the total, so the file is streamed to
-                         storage once every piece is synthesised; never in memory.)
-   mp3                   MPEG frames appended as they arrive; each piece's ID3 tags and
-                         its Xing/Info/VBRI header frame are dropped, since those
-                         describe one piece (a piece's Xing frame count would make
-                         players stop after the first piece). Without a Xing header a
-                         decoder measures a constant-bitrate stream from its size and
-                         bitrate, which is exact for the CBR MP3 these vendors send.
-                         Each piece keeps its encoder delay and padding (~25-50 ms of
-                         silence at each join): re-encoding would remove it at the cost
-                         of a lossy second generation, so we do not.
+                         header with the real length, then the samples.
+   mp3                   MPEG frames appended into a spool file as they arrive; each
+                         piece's ID3/APE tags and its Xing/Info/VBRI header frame are
+                         dropped (they describe one piece: a piece's frame count would
+                         make players stop after it). One new Xing ("Info" for constant
+                         bitrate) frame with the total frame and byte counts goes in
+                         front, so decoders know the exact length, CBR or VBR. No
+                         re-encoding: each piece keeps its encoder delay and padding
+                         (a few tens of ms of silence at each join) rather than going
+                         through a lossy second generation.
    aac (ADTS)            ADTS frames appended (every frame carries its own header).
    ogg_opus, flac        these carry stream-level headers and sample positions, so
                          several pieces are decoded and re-encoded into one stream with
@@ -35,8 +33,11 @@ up to 100,000 characters, so an adapter:
                          temporary files. A single piece is passed through untouched.
    ====================  ==============================================================
 
-A single piece is always streamed through as the vendor sent it (wav apart,
-which gets our header). Adapters request raw PCM for wav so that the samples
+Where the file starts with a header that needs the totals (wav, mp3) or the
+pieces must be re-encoded, the pieces are spooled to a temporary file as they
+arrive and the joined file is streamed to storage once every piece is
+synthesised: never whole in memory. A single piece is always streamed through
+as the vendor sent it (wav apart, which gets our header). Adapters request raw PCM for wav so that the samples
 of every piece can be appended (``input_wav=True`` when the vendor wraps PCM in
 its own RIFF header, as Google's LINEAR16 does).
 
@@ -390,6 +391,7 @@ class Mp3Frame:
     mono: bool
     length: int
     protected: bool
+    bitrate: int = 0
 
     @property
     def kind(self) -> tuple[int, int, int, bool]:
@@ -424,14 +426,18 @@ def parse_mp3_header(head: bytes | bytearray | memoryview) -> Mp3Frame | None:
         length = 72 * bitrate // rate + padding
     else:
         length = 144 * bitrate // rate + padding
-    return Mp3Frame(version, layer, rate, (head[3] >> 6) == 3, length, not head[1] & 1)
+    return Mp3Frame(version, layer, rate, (head[3] >> 6) == 3, length, not head[1] & 1, bitrate)
+
+
+def _side_info_size(frame: Mp3Frame) -> int:
+    return (17 if frame.mono else 32) if frame.version == 3 else (9 if frame.mono else 17)
 
 
 def _is_info_frame(frame: Mp3Frame, data: bytes | bytearray | memoryview) -> bool:
     """A Xing/Info/VBRI header frame (a frame of silence describing the file, not audio)."""
     if frame.layer != 3:
         return False
-    side = (17 if frame.mono else 32) if frame.version == 3 else (9 if frame.mono else 17)
+    side = _side_info_size(frame)
     for offset in (4 + side, 6 + side):
         if bytes(data[offset : offset + 4]) in (b"Xing", b"Info"):
             return True
@@ -463,6 +469,10 @@ class Mp3Joiner:
         self.frames = 0
         self.samples = 0
         self.sample_rate_hz = 0
+        #: Bytes of audio frames passed on so far.
+        self.bytes_out = 0
+        self.bitrates: set[int] = set()
+        self._first_header: bytes | None = None
         self._buffer = bytearray()
         self._skip = 0
         self._first_in_piece = True
@@ -545,12 +555,42 @@ class Mp3Joiner:
             if self.kind is None:
                 self.kind = frame.kind
                 self.sample_rate_hz = frame.sample_rate_hz
+                self._first_header = bytes(view[:4])
             out += view
             self.frames += 1
             self.samples += frame.samples
+            self.bytes_out += frame.length
+            self.bitrates.add(frame.bitrate)
             pos += frame.length
         del buf[:pos]
         return bytes(out)
+
+    def info_frame(self) -> bytes:
+        """A Xing ("Info" when every frame has one bitrate) header frame for the frames passed on.
+
+        It carries the frame and byte counts, so that decoders know the exact
+        length of the joined stream, constant bitrate or not. Layer III only.
+        """
+        if self._first_header is None or self.kind is None or self.kind[1] != 3:
+            raise ValueError("no Layer III frames to describe")
+        head = bytearray(self._first_header)
+        head[1] |= 0x01  # no CRC
+        head[2] &= ~0x02 & 0xFF  # no padding
+        frame = parse_mp3_header(head)
+        assert frame is not None
+        needed = 4 + _side_info_size(frame) + 16
+        while frame.length < needed:  # too small to hold the tag: a higher bitrate index
+            head[2] = (head[2] & 0x0F) | (((head[2] >> 4) + 1) << 4)
+            frame = parse_mp3_header(head)
+            if frame is None:
+                raise ValueError("no bitrate leaves room for a Xing header")
+        tag = b"Info" if len(self.bitrates) == 1 else b"Xing"
+        body = tag + struct.pack(">III", 0x3, self.frames, self.bytes_out + frame.length)
+        data = bytearray(frame.length)
+        data[:4] = head
+        offset = 4 + _side_info_size(frame)
+        data[offset : offset + len(body)] = body
+        return bytes(data)
 
 
 # --------------------------------------------------------------------------- joining
@@ -585,6 +625,15 @@ async def _to_file(path: str, chunks: AsyncIterator[bytes], transform: Callable[
     finally:
         await asyncio.to_thread(handle.close)
     return written
+
+
+async def _append(path: str, data: bytes) -> None:
+    if data:
+        def write() -> None:
+            with open(path, "ab") as handle:
+                handle.write(data)
+
+        await asyncio.to_thread(write)
 
 
 async def _from_file(path: str, offset: int = 0) -> AsyncIterator[bytes]:
@@ -634,26 +683,6 @@ async def join_audio(
             raise _bad_audio(provider, model, "the vendor sent no audio")
         return
 
-    if fmt == "mp3":
-        joiner = Mp3Joiner()
-        for index in range(count):
-            joiner.begin()
-            async with open_piece(index) as chunks:
-                async for chunk in chunks:
-                    out = joiner.feed(chunk)
-                    if out:
-                        report.bytes_out += len(out)
-                        yield out
-            out = joiner.end()
-            if out:
-                report.bytes_out += len(out)
-                yield out
-            if joiner.frames == 0:
-                raise _bad_audio(provider, model, f"piece {index + 1} of {count} is not MP3 audio")
-            report.pieces_done += 1
-        report.extra["mp3_frames"] = joiner.frames
-        return
-
     if fmt == "aac":
         for index in range(count):
             async with open_piece(index) as chunks:
@@ -686,6 +715,29 @@ async def join_audio(
 
     spool = await asyncio.to_thread(tempfile.mkdtemp, prefix="mediagen-tts-")
     try:
+        if fmt == "mp3":
+            frames_path = os.path.join(spool, "frames.mp3")
+            joiner = Mp3Joiner()
+            for index in range(count):
+                joiner.begin()
+                before = joiner.frames
+                async with open_piece(index) as chunks:
+                    await _to_file(frames_path, chunks, joiner.feed)
+                await _append(frames_path, joiner.end())
+                if joiner.frames == before:
+                    raise _bad_audio(provider, model, f"piece {index + 1} of {count} is not MP3 audio")
+                report.pieces_done += 1
+            try:
+                header = joiner.info_frame()
+            except ValueError as exc:
+                raise _bad_audio(provider, model, f"cannot join the MP3 pieces ({exc})") from None
+            report.extra["mp3_frames"] = joiner.frames
+            report.bytes_out = len(header) + joiner.bytes_out
+            yield header
+            async for chunk in _from_file(frames_path):
+                yield chunk
+            return
+
         if fmt == "wav":
             data_path = os.path.join(spool, "samples.pcm")
             total = 0
