@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import time
+import asyncio
+import json
 
 import grpc
 import httpx
@@ -65,6 +66,15 @@ def el(el_server):
     return el_server
 
 
+async def until(condition, within: float = 5.0) -> None:
+    """Wait for ``condition()`` to be true (the fake's request log has no event to await)."""
+    for _ in range(int(within / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("timed out waiting")
+
+
 async def test_speech_end_to_end(el):
     text = "Hello there. This is mediagen speaking through ElevenLabs."
     job = await el.generate(text=text)
@@ -91,6 +101,9 @@ async def test_speech_end_to_end(el):
     assert abs(artifact.duration_seconds - info.duration_seconds) < 1e-3
     assert artifact.metadata["characters_billed"] == str(len(text))
     assert artifact.metadata["vendor_request_ids"] == "req0001"
+    # The key is in no stored handle, job or artifact.
+    record = await el.server.store.get(job.id)
+    assert el.fake.api_key not in json.dumps(record.handle) and el.fake.api_key not in str(final)
     # character-cost header -> vendor-reported cost
     assert final.final_cost.basis == common_pb2.COST_BASIS_VENDOR_REPORTED
     assert final.final_cost.amount_micros == round(len(text) / 1000 * 100_000)
@@ -329,20 +342,31 @@ async def test_invalid_requests_are_refused_before_any_vendor_call(el, fields, f
     assert not el.fake.server.requests
 
 
+async def test_a_restart_while_synthesising_speaks_the_text_again(tmp_path):
+    """No vendor job survives a restart: the resumed job synthesises (and pays) again."""
+    with FakeVendorServer() as api:
+        fake = FakeElevenLabs(api)
+        fake.server.fail_next("POST", "/v1/text-to-speech/{voice}/stream", slow(3.0))
+        settings = dict(
+            env={"ELEVENLABS_BASE_URL": api.url, "ELEVENLABS_API_KEY": fake.api_key},
+            class_attributes=[(ElevenLabsSpeech, "retry", FAST), (ElevenLabsSpeech, "timeout", TIMEOUT)],
+            unset=["ELEVEN_API_KEY"],
+        )
+        async with vendor_server(tmp_path, SPEECH, "elevenlabs", **settings) as first:
+            job = await first.generate(text="Said twice.")
+            await until(fake.tts_calls)
+        async with vendor_server(tmp_path, SPEECH, "elevenlabs", **settings) as second:
+            final = await second.wait(job.id)
+        assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
+        assert len(fake.tts_calls()) == 2
+
+
 async def test_cancel_while_synthesising(el):
     el.fake.server.fail_next("POST", "/v1/text-to-speech/{voice}/stream", slow(0.8))
     job = await el.generate(text="Slow speech.")
-    deadline = time.monotonic() + 5
-    while not el.fake.tts_calls() and time.monotonic() < deadline:
-        await _sleep(0.01)
+    await until(el.fake.tts_calls)
     cancelled = await el.cancel(job.id)
     assert cancelled.state == common_pb2.JOB_STATE_CANCELLED
     assert not cancelled.artifacts and not el.stored_files(job.id)
     # ElevenLabs has no cancel call: the request in flight was simply abandoned.
     assert len(el.fake.tts_calls()) == 1
-
-
-async def _sleep(seconds: float) -> None:
-    import asyncio
-
-    await asyncio.sleep(seconds)

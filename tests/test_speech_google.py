@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import grpc
 import httpx
@@ -78,6 +79,8 @@ async def test_speech_end_to_end_with_an_api_key_in_a_header(gg):
     assert info.content_type == "audio/mpeg" and abs(info.duration_seconds - gg.fake.durations[0]) < 0.1
     (artifact,) = final.artifacts
     assert artifact.metadata["voice"] == "en-US-Wavenet-D" and artifact.metadata["voice_family"] == "wavenet"
+    record = await gg.server.store.get(job.id)
+    assert gg.fake.api_key not in json.dumps(record.handle) and gg.fake.api_key not in str(final)
     assert final.final_cost.basis == common_pb2.COST_BASIS_MEASURED
     assert final.final_cost.amount_micros == round(len(text) / 1000 * 16_000)
 

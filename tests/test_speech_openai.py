@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import grpc
 import httpx
 import pytest
@@ -78,6 +80,8 @@ async def test_speech_end_to_end(oa):
     assert abs(info.duration_seconds - oa.fake.durations[0]) < 0.1
     (artifact,) = final.artifacts
     assert artifact.metadata["vendor_request_ids"] == "req_0001" and artifact.metadata["voice"] == "fable"
+    record = await oa.server.store.get(job.id)
+    assert oa.fake.api_key not in json.dumps(record.handle) and oa.fake.api_key not in str(final)
     assert final.final_cost.basis == common_pb2.COST_BASIS_MEASURED
     assert final.final_cost.amount_micros == round(len(text) / 1000 * 15_000)
 
