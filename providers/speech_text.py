@@ -868,10 +868,13 @@ def _reencode(paths: list[str], out_path: str, fmt: str) -> None:
                     if stream is None:
                         rate = audio.codec_context.sample_rate
                         layout = "mono" if audio.codec_context.channels == 1 else "stereo"
-                        stream = out.add_stream(encoder, rate=rate, layout=layout)
+                        # Keep 24-bit FLAC at full depth (decoded as s32); all else is 16-bit speech.
+                        deep = fmt == "flac" and audio.codec_context.format.name in ("s32", "s32p")
+                        sample_format = "s32" if deep else "s16"
+                        stream = out.add_stream(encoder, rate=rate, layout=layout, format=sample_format)
                         if fmt == "ogg_opus":
                             stream.codec_context.bit_rate = audio.codec_context.bit_rate or source.bit_rate or 64000
-                        resampler = av.AudioResampler(format="s16", layout=layout, rate=rate)
+                        resampler = av.AudioResampler(format=sample_format, layout=layout, rate=rate)
                     for frame in source.decode(audio):
                         for converted in resampler.resample(frame):
                             encode(converted)

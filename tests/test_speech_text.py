@@ -262,6 +262,30 @@ async def test_pieces_at_different_bitrates_get_a_xing_header_with_the_exact_len
     assert _decoded_samples(data) == total.samples
 
 
+async def test_24_bit_flac_pieces_stay_24_bit():
+    import io
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    def flac24(seconds: float, rate: int = 24000) -> bytes:
+        buffer = io.BytesIO()
+        with av.open(buffer, "w", format="flac") as container:
+            stream = container.add_stream("flac", rate=rate, layout="mono", format="s32")
+            samples = (np.sin(np.arange(int(seconds * rate)) * 0.05) * 2**30).astype("<i4")
+            frame = av.AudioFrame.from_ndarray(samples.reshape(1, -1), format="s32", layout="mono")
+            frame.sample_rate, frame.time_base, frame.pts = rate, Fraction(1, rate), 0
+            container.mux(stream.encode(frame))
+            container.mux(stream.encode(None))
+        return buffer.getvalue()
+
+    data = await joined("flac", [flac24(0.5), flac24(0.7)])
+    with av.open(io.BytesIO(data)) as container:
+        assert container.streams.audio[0].codec_context.format.name == "s32"
+    assert probe_bytes(data).duration_seconds == pytest.approx(1.2, abs=1e-3)
+
+
 async def test_one_piece_passes_through_untouched():
     piece = mp3(0.4)
     assert await joined("mp3", [piece]) == piece
