@@ -26,31 +26,31 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from mediagen.v1 import common_pb2 as mediagen_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mediagen/v1/catalog.proto\x12\x0bmediagen.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mediagen/v1/common.proto\"\xeb\x03\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\nmedia_type\x18\x03 \x01(\x0e\x32\x16.mediagen.v1.MediaType\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12+\n\x06limits\x18\x05 \x01(\x0b\x32\x1b.mediagen.v1.ProviderLimits\x12\"\n\x06prices\x18\x06 \x03(\x0b\x32\x12.mediagen.v1.Price\x12\"\n\x06models\x18\x07 \x03(\x0b\x32\x12.mediagen.v1.Model\x12\x12\n\nconfigured\x18\x08 \x01(\x08\x12\x1d\n\x15not_configured_reason\x18\t \x01(\t\x12\x0f\n\x07retired\x18\n \x01(\x08\x12\x14\n\x0cretired_note\x18\x0b \x01(\t\x12/\n\x0bretire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\r \x01(\x08\x12\x0c\n\x04mock\x18\x0e \x01(\x08\x12\x19\n\x11\x64ocumentation_uri\x18\x0f \x01(\t\x12\r\n\x05notes\x18\x10 \x03(\t\x12\x30\n\rcircuit_state\x18\x11 \x01(\x0e\x32\x19.mediagen.v1.CircuitState\"\xc6\x02\n\x0eProviderLimits\x12\x1c\n\x14min_duration_seconds\x18\x01 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x02 \x01(\x01\x12!\n\x19\x61llowed_durations_seconds\x18\x03 \x03(\x01\x12\x15\n\raspect_ratios\x18\x04 \x03(\t\x12\r\n\x05sizes\x18\x05 \x03(\t\x12\x1b\n\x13max_text_characters\x18\x06 \x01(\x05\x12\x11\n\tmax_count\x18\x07 \x01(\x05\x12\x17\n\x0fmax_input_bytes\x18\x08 \x01(\x03\x12\x18\n\x10max_input_pixels\x18\t \x01(\x03\x12\x0f\n\x07\x66ormats\x18\n \x03(\t\x12\x1d\n\x15max_prompt_characters\x18\x0b \x01(\x05\x12\x1c\n\x14input_image_required\x18\x0c \x01(\x08\"e\n\x05Price\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04unit\x18\x02 \x01(\x0e\x32\x16.mediagen.v1.PriceUnit\x12\x19\n\x11unit_price_micros\x18\x03 \x01(\x03\x12\x0c\n\x04note\x18\x04 \x01(\t\"c\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x02 \x01(\x08\x12\x0f\n\x07retired\x18\x03 \x01(\x08\x12\x14\n\x0cretired_note\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\"B\n\x14ListProvidersRequest\x12*\n\nmedia_type\x18\x01 \x01(\x0e\x32\x16.mediagen.v1.MediaType\"A\n\x15ListProvidersResponse\x12(\n\tproviders\x18\x01 \x03(\x0b\x32\x15.mediagen.v1.Provider\"N\n\x12GetProviderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\nmedia_type\x18\x02 \x01(\x0e\x32\x16.mediagen.v1.MediaType\">\n\x13GetProviderResponse\x12\'\n\x08provider\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.Provider*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\xba\x01\n\x0e\x43\x61talogService\x12V\n\rListProviders\x12!.mediagen.v1.ListProvidersRequest\x1a\".mediagen.v1.ListProvidersResponse\x12P\n\x0bGetProvider\x12\x1f.mediagen.v1.GetProviderRequest\x1a .mediagen.v1.GetProviderResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19mediagen/v1/catalog.proto\x12\x0bmediagen.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18mediagen/v1/common.proto\"\xeb\x03\n\x08Provider\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12*\n\nmedia_type\x18\x03 \x01(\x0e\x32\x16.mediagen.v1.MediaType\x12\x14\n\x0c\x63\x61pabilities\x18\x04 \x03(\t\x12+\n\x06limits\x18\x05 \x01(\x0b\x32\x1b.mediagen.v1.ProviderLimits\x12\"\n\x06prices\x18\x06 \x03(\x0b\x32\x12.mediagen.v1.Price\x12\"\n\x06models\x18\x07 \x03(\x0b\x32\x12.mediagen.v1.Model\x12\x12\n\nconfigured\x18\x08 \x01(\x08\x12\x1d\n\x15not_configured_reason\x18\t \x01(\t\x12\x0f\n\x07retired\x18\n \x01(\x08\x12\x14\n\x0cretired_note\x18\x0b \x01(\t\x12/\n\x0bretire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\r \x01(\x08\x12\x0c\n\x04mock\x18\x0e \x01(\x08\x12\x19\n\x11\x64ocumentation_uri\x18\x0f \x01(\t\x12\r\n\x05notes\x18\x10 \x03(\t\x12\x30\n\rcircuit_state\x18\x11 \x01(\x0e\x32\x19.mediagen.v1.CircuitState\"\xdb\x02\n\x0eProviderLimits\x12\x1c\n\x14min_duration_seconds\x18\x01 \x01(\x01\x12\x1c\n\x14max_duration_seconds\x18\x02 \x01(\x01\x12!\n\x19\x61llowed_durations_seconds\x18\x03 \x03(\x01\x12\x15\n\raspect_ratios\x18\x04 \x03(\t\x12\r\n\x05sizes\x18\x05 \x03(\t\x12\x1b\n\x13max_text_characters\x18\x06 \x01(\x05\x12\x11\n\tmax_count\x18\x07 \x01(\x05\x12\x17\n\x0fmax_input_bytes\x18\x08 \x01(\x03\x12\x18\n\x10max_input_pixels\x18\t \x01(\x03\x12\x0f\n\x07\x66ormats\x18\n \x03(\t\x12\x1d\n\x15max_prompt_characters\x18\x0b \x01(\x05\x12\x1c\n\x14input_image_required\x18\x0c \x01(\x08\x12\x13\n\x0binput_forms\x18\r \x03(\t\"e\n\x05Price\x12\r\n\x05model\x18\x01 \x01(\t\x12$\n\x04unit\x18\x02 \x01(\x0e\x32\x16.mediagen.v1.PriceUnit\x12\x19\n\x11unit_price_micros\x18\x03 \x01(\x03\x12\x0c\n\x04note\x18\x04 \x01(\t\"c\n\x05Model\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x65\x66\x61ult\x18\x02 \x01(\x08\x12\x0f\n\x07retired\x18\x03 \x01(\x08\x12\x14\n\x0cretired_note\x18\x04 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x05 \x03(\t\"B\n\x14ListProvidersRequest\x12*\n\nmedia_type\x18\x01 \x01(\x0e\x32\x16.mediagen.v1.MediaType\"A\n\x15ListProvidersResponse\x12(\n\tproviders\x18\x01 \x03(\x0b\x32\x15.mediagen.v1.Provider\"N\n\x12GetProviderRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\nmedia_type\x18\x02 \x01(\x0e\x32\x16.mediagen.v1.MediaType\">\n\x13GetProviderResponse\x12\'\n\x08provider\x18\x01 \x01(\x0b\x32\x15.mediagen.v1.Provider*|\n\x0c\x43ircuitState\x12\x1d\n\x19\x43IRCUIT_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43IRCUIT_STATE_CLOSED\x10\x01\x12\x16\n\x12\x43IRCUIT_STATE_OPEN\x10\x02\x12\x1b\n\x17\x43IRCUIT_STATE_HALF_OPEN\x10\x03\x32\xba\x01\n\x0e\x43\x61talogService\x12V\n\rListProviders\x12!.mediagen.v1.ListProvidersRequest\x1a\".mediagen.v1.ListProvidersResponse\x12P\n\x0bGetProvider\x12\x1f.mediagen.v1.GetProviderRequest\x1a .mediagen.v1.GetProviderResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mediagen.v1.catalog_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CIRCUITSTATE']._serialized_start=1407
-  _globals['_CIRCUITSTATE']._serialized_end=1531
+  _globals['_CIRCUITSTATE']._serialized_start=1428
+  _globals['_CIRCUITSTATE']._serialized_end=1552
   _globals['_PROVIDER']._serialized_start=102
   _globals['_PROVIDER']._serialized_end=593
   _globals['_PROVIDERLIMITS']._serialized_start=596
-  _globals['_PROVIDERLIMITS']._serialized_end=922
-  _globals['_PRICE']._serialized_start=924
-  _globals['_PRICE']._serialized_end=1025
-  _globals['_MODEL']._serialized_start=1027
-  _globals['_MODEL']._serialized_end=1126
-  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1128
-  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1194
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1196
-  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1261
-  _globals['_GETPROVIDERREQUEST']._serialized_start=1263
-  _globals['_GETPROVIDERREQUEST']._serialized_end=1341
-  _globals['_GETPROVIDERRESPONSE']._serialized_start=1343
-  _globals['_GETPROVIDERRESPONSE']._serialized_end=1405
-  _globals['_CATALOGSERVICE']._serialized_start=1534
-  _globals['_CATALOGSERVICE']._serialized_end=1720
+  _globals['_PROVIDERLIMITS']._serialized_end=943
+  _globals['_PRICE']._serialized_start=945
+  _globals['_PRICE']._serialized_end=1046
+  _globals['_MODEL']._serialized_start=1048
+  _globals['_MODEL']._serialized_end=1147
+  _globals['_LISTPROVIDERSREQUEST']._serialized_start=1149
+  _globals['_LISTPROVIDERSREQUEST']._serialized_end=1215
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_start=1217
+  _globals['_LISTPROVIDERSRESPONSE']._serialized_end=1282
+  _globals['_GETPROVIDERREQUEST']._serialized_start=1284
+  _globals['_GETPROVIDERREQUEST']._serialized_end=1362
+  _globals['_GETPROVIDERRESPONSE']._serialized_start=1364
+  _globals['_GETPROVIDERRESPONSE']._serialized_end=1426
+  _globals['_CATALOGSERVICE']._serialized_start=1555
+  _globals['_CATALOGSERVICE']._serialized_end=1741
 # @@protoc_insertion_point(module_scope)

@@ -161,13 +161,16 @@ class ProviderLimits(_message.Message):
     FORMATS_FIELD_NUMBER: _builtins.int
     MAX_PROMPT_CHARACTERS_FIELD_NUMBER: _builtins.int
     INPUT_IMAGE_REQUIRED_FIELD_NUMBER: _builtins.int
+    INPUT_FORMS_FIELD_NUMBER: _builtins.int
     min_duration_seconds: _builtins.float
     max_duration_seconds: _builtins.float
     max_text_characters: _builtins.int
     """Longest text in characters (per request to the vendor; longer text is split)."""
     max_count: _builtins.int
     max_input_bytes: _builtins.int
+    """Largest input image the vendor takes, in bytes (over every form it takes)."""
     max_input_pixels: _builtins.int
+    """Most pixels (width x height) of an input image the vendor takes."""
     max_prompt_characters: _builtins.int
     input_image_required: _builtins.bool
     """True when an input image is required (image-to-video only)."""
@@ -187,6 +190,16 @@ class ProviderLimits(_message.Message):
     def formats(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Output formats accepted, e.g. "mp3", "wav", "png"."""
 
+    @_builtins.property
+    def input_forms(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """How the vendor takes an input image, as this adapter sends it: "url" (it
+        fetches an https URL: the caller's, or a presigned URL of an asset when
+        the storage is S3), "data_uri" (inline data: URI), "base64" (bare base64
+        in JSON), "upload" (the vendor's own upload endpoint), "multipart" (a file
+        part of a form). Empty: the provider takes no input image or states none.
+        New values may be added.
+        """
+
     def __init__(
         self,
         *,
@@ -202,10 +215,11 @@ class ProviderLimits(_message.Message):
         formats: _abc.Iterable[_builtins.str] | None = ...,
         max_prompt_characters: _builtins.int = ...,
         input_image_required: _builtins.bool = ...,
+        input_forms: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_durations_seconds", b"allowed_durations_seconds", "aspect_ratios", b"aspect_ratios", "formats", b"formats", "input_image_required", b"input_image_required", "max_count", b"max_count", "max_duration_seconds", b"max_duration_seconds", "max_input_bytes", b"max_input_bytes", "max_input_pixels", b"max_input_pixels", "max_prompt_characters", b"max_prompt_characters", "max_text_characters", b"max_text_characters", "min_duration_seconds", b"min_duration_seconds", "sizes", b"sizes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allowed_durations_seconds", b"allowed_durations_seconds", "aspect_ratios", b"aspect_ratios", "formats", b"formats", "input_forms", b"input_forms", "input_image_required", b"input_image_required", "max_count", b"max_count", "max_duration_seconds", b"max_duration_seconds", "max_input_bytes", b"max_input_bytes", "max_input_pixels", b"max_input_pixels", "max_prompt_characters", b"max_prompt_characters", "max_text_characters", b"max_text_characters", "min_duration_seconds", b"min_duration_seconds", "sizes", b"sizes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

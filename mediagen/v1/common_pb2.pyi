@@ -667,11 +667,15 @@ class MediaInput(_message.Message):
     ASSET_ID_FIELD_NUMBER: _builtins.int
     CONTENT_TYPE_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
-    """Inline bytes, for small inputs."""
+    """Inline bytes, for small inputs (at most 16 MiB; the whole request must
+    stay under the server's message limit).
+    """
     uri: _builtins.str
     """An https URL the vendor or mediagen can fetch."""
     asset_id: _builtins.str
-    """An asset uploaded earlier."""
+    """An asset uploaded earlier with AssetService.UploadAsset, by the same
+    tenant ("asset_..."). The way to pass inputs above the inline limit.
+    """
     content_type: _builtins.str
     """MIME type of data; detected when empty."""
     def __init__(
