@@ -532,7 +532,7 @@ class Mp3Joiner:
                 continue
             frame = parse_mp3_header(buf[pos : pos + 4])
             if frame is None or (self.kind is not None and frame.kind != self.kind):
-                pos += 1  # not a frame start: resynchronise
+                pos = self._resync(buf, pos)
                 continue
             if left < frame.length:
                 if final:
@@ -544,7 +544,7 @@ class Mp3Joiner:
                 following = parse_mp3_header(buf[pos + frame.length : pos + frame.length + 4])
                 if following is None or following.kind != frame.kind:
                     if buf[pos + frame.length : pos + frame.length + 3] not in (b"TAG", b"API", b"ID3"):
-                        pos += 1
+                        pos = self._resync(buf, pos)
                         continue
             view = buf[pos : pos + frame.length]
             if self._first_in_piece and _is_info_frame(frame, view):
@@ -564,6 +564,13 @@ class Mp3Joiner:
             pos += frame.length
         del buf[:pos]
         return bytes(out)
+
+    @staticmethod
+    def _resync(buf: bytearray, pos: int) -> int:
+        """Not a frame start: skip to the next byte that may start a frame or a tag."""
+        candidates = [buf.find(marker, pos + 1) for marker in (b"\xff", b"TAG", b"ID3", b"APETAGEX")]
+        found = [c for c in candidates if c >= 0]
+        return min(found) if found else max(pos + 1, len(buf) - 7)
 
     def info_frame(self) -> bytes:
         """A Xing ("Info" when every frame has one bitrate) header frame for the frames passed on.

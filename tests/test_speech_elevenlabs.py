@@ -342,23 +342,29 @@ async def test_invalid_requests_are_refused_before_any_vendor_call(el, fields, f
     assert not el.fake.server.requests
 
 
-async def test_a_restart_while_synthesising_speaks_the_text_again(tmp_path):
+@pytest.mark.parametrize("key_kept", [True, False])
+async def test_a_restart_while_synthesising_speaks_the_text_again(tmp_path, key_kept):
     """No vendor job survives a restart: the resumed job synthesises (and pays) again."""
     with FakeVendorServer() as api:
         fake = FakeElevenLabs(api)
         fake.server.fail_next("POST", "/v1/text-to-speech/{voice}/stream", slow(3.0))
-        settings = dict(
-            env={"ELEVENLABS_BASE_URL": api.url, "ELEVENLABS_API_KEY": fake.api_key},
-            class_attributes=[(ElevenLabsSpeech, "retry", FAST), (ElevenLabsSpeech, "timeout", TIMEOUT)],
-            unset=["ELEVEN_API_KEY"],
-        )
-        async with vendor_server(tmp_path, SPEECH, "elevenlabs", **settings) as first:
+        env = {"ELEVENLABS_BASE_URL": api.url, "ELEVENLABS_API_KEY": fake.api_key}
+        patched = [(ElevenLabsSpeech, "retry", FAST), (ElevenLabsSpeech, "timeout", TIMEOUT)]
+        async with vendor_server(tmp_path, SPEECH, "elevenlabs", env, patched, unset=["ELEVEN_API_KEY"]) as first:
             job = await first.generate(text="Said twice.")
             await until(fake.tts_calls)
-        async with vendor_server(tmp_path, SPEECH, "elevenlabs", **settings) as second:
+        if not key_kept:
+            env.pop("ELEVENLABS_API_KEY")
+        unset = ["ELEVEN_API_KEY", "ELEVENLABS_API_KEY"]
+        async with vendor_server(tmp_path, SPEECH, "elevenlabs", env, patched, unset=unset) as second:
             final = await second.wait(job.id)
-        assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
-        assert len(fake.tts_calls()) == 2
+        if key_kept:
+            assert final.state == common_pb2.JOB_STATE_SUCCEEDED, final.error
+            assert len(fake.tts_calls()) == 2
+        else:
+            metadata = assert_failed(final, Code.FAILED_PRECONDITION, "PROVIDER_NOT_CONFIGURED")
+            assert "ELEVENLABS_API_KEY" in final.error.message and metadata["provider"] == "elevenlabs"
+            assert len(fake.tts_calls()) == 1
 
 
 async def test_cancel_while_synthesising(el):

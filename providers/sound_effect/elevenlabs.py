@@ -51,6 +51,7 @@ from providers.speech.elevenlabs import (
     content_type_of,
     elevenlabs_http,
     pcm_rate,
+    require_key,
     resolve_output_format,
 )
 from providers.speech_text import (
@@ -175,6 +176,7 @@ class ElevenLabsSoundEffect(Provider):
         )
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
+        require_key(self.auth, self.name)
         options = provider_options(request, OPTIONS)
         fmt = format_name(request) or "mp3"
         body: dict[str, Any] = {"text": request.prompt, "model_id": model}
@@ -211,6 +213,7 @@ class ElevenLabsSoundEffect(Provider):
     async def open_output(
         self, handle: VendorHandle, output: Output, ctx: JobContext
     ) -> AsyncIterator[AsyncIterator[bytes]]:
+        require_key(self.auth, self.name)
         data = handle.data
         usage = CharacterUsage(output, metadata_key="credits_billed")
         fmt = data["format"]
@@ -218,8 +221,8 @@ class ElevenLabsSoundEffect(Provider):
 
         @contextlib.asynccontextmanager
         async def generate(index: int) -> AsyncIterator[AsyncIterator[bytes]]:
-            assert self.auth is not None, "the registry refuses an unconfigured provider"
-            capture = self.auth.tag()
+            auth = require_key(self.auth, self.name)
+            capture = auth.tag()
             try:
                 async with self.http.open_stream(
                     "/v1/sound-generation",
@@ -232,12 +235,12 @@ class ElevenLabsSoundEffect(Provider):
                     max_bytes=self.max_output_bytes,
                     model=data["model"],
                 ) as chunks:
-                    info = self.auth.take(capture)
+                    info = auth.take(capture)
                     # No characters here: without the header the measured duration prices it.
                     usage.record(info, 0)
                     yield checked_audio(chunks, info, provider=self.name, model=data["model"])
             finally:
-                self.auth.take(capture)
+                auth.take(capture)
 
         joined = join_audio(fmt, 1, generate, provider=self.name, model=data["model"], pcm=pcm)
         async with as_stream(joined) as chunks:

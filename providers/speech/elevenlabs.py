@@ -64,6 +64,7 @@ from providers.errors import (
     MediagenError,
     ProviderBadResponse,
     ProviderInvalidRequest,
+    ProviderNotConfigured,
 )
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env, vendor_message
 from providers.mock.media import content_type_for
@@ -210,6 +211,15 @@ def elevenlabs_http(
             allow_http=settings.allow_private_urls, allow_private=settings.allow_private_urls
         ),
     )
+
+
+def require_key(auth: VendorAuth | None, provider: str) -> VendorAuth:
+    """The key's auth, or PROVIDER_NOT_CONFIGURED (a job resumed after the key was removed)."""
+    if auth is None:
+        raise ProviderNotConfigured(
+            f"provider {provider} is not configured: set {CREDENTIAL_ENV[0]}", provider=provider
+        )
+    return auth
 
 
 def content_type_of(fmt: str) -> str:
@@ -406,6 +416,7 @@ class ElevenLabsSpeech(Provider):
     # --- the job ------------------------------------------------------------------
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
+        require_key(self.auth, self.name)
         options = provider_options(request, OPTIONS)
         fmt = format_name(request) or "mp3"
         spec = _MODELS.get(model) or _MODELS[DEFAULT_MODEL]
@@ -457,6 +468,7 @@ class ElevenLabsSpeech(Provider):
     async def open_output(
         self, handle: VendorHandle, output: Output, ctx: JobContext
     ) -> AsyncIterator[AsyncIterator[bytes]]:
+        require_key(self.auth, self.name)
         data = handle.data
         pieces: list[str] = data["pieces"]
         usage = CharacterUsage(output)
@@ -494,8 +506,8 @@ class ElevenLabsSpeech(Provider):
         params: dict[str, Any] = {"output_format": data["output_format"]}
         if "enable_logging" in data:
             params["enable_logging"] = "true" if data["enable_logging"] else "false"
-        assert self.auth is not None, "the registry refuses an unconfigured provider"
-        capture = self.auth.tag()
+        auth = require_key(self.auth, self.name)
+        capture = auth.tag()
         try:
             async with self.http.open_stream(
                 f"/v1/text-to-speech/{quote(data['voice_id'], safe='')}/stream",
@@ -508,11 +520,11 @@ class ElevenLabsSpeech(Provider):
                 max_bytes=self.max_output_bytes,
                 model=data["model"],
             ) as chunks:
-                info = self.auth.take(capture)
+                info = auth.take(capture)
                 usage.record(info, len(pieces[index]))
                 yield checked_audio(chunks, info, provider=self.name, model=data["model"])
         finally:
-            self.auth.take(capture)
+            auth.take(capture)
 
     # --- voices -------------------------------------------------------------------
 

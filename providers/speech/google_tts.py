@@ -65,6 +65,7 @@ from providers.errors import (
     MediagenError,
     ProviderAuthFailed,
     ProviderBadResponse,
+    ProviderNotConfigured,
     ProviderOutOfCredit,
 )
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env, vendor_message
@@ -350,6 +351,7 @@ class GoogleSpeech(Provider):
     # --- the job ------------------------------------------------------------------
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
+        self._require_key()
         options = provider_options(request, OPTIONS)
         fmt = format_name(request) or "mp3"
         family = self._family(request, model)
@@ -400,6 +402,7 @@ class GoogleSpeech(Provider):
     async def open_output(
         self, handle: VendorHandle, output: Output, ctx: JobContext
     ) -> AsyncIterator[AsyncIterator[bytes]]:
+        self._require_key()
         data = handle.data
         fmt = data["format"]
         output.data.setdefault("billed_characters", 0)
@@ -509,6 +512,14 @@ class GoogleSpeech(Provider):
             listed = [dict(v) for v in voices]
             self._voices[language.lower()] = (time.monotonic(), listed)
             return listed
+
+    def _require_key(self) -> None:
+        """PROVIDER_NOT_CONFIGURED for a job resumed after the credentials were removed."""
+        if not self.configured:
+            entry = self.describe()
+            raise ProviderNotConfigured(
+                f"provider {self.name} is not configured: {entry.not_configured_reason}", provider=self.name
+            )
 
     async def aclose(self) -> None:
         await self.http.aclose()

@@ -51,7 +51,7 @@ from providers.base import (
     make_cost,
     usd,
 )
-from providers.errors import InvalidArgument
+from providers.errors import InvalidArgument, ProviderNotConfigured
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env
 from providers.mock.media import content_type_for
 from providers.retry import DEFAULT_RETRY, RetryPolicy
@@ -259,6 +259,7 @@ class OpenAISpeech(Provider):
     # --- the job ------------------------------------------------------------------
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
+        self._require_key()
         fmt = format_name(request) or "mp3"
         voice = request.voice.strip()
         if not voice:
@@ -303,6 +304,7 @@ class OpenAISpeech(Provider):
     async def open_output(
         self, handle: VendorHandle, output: Output, ctx: JobContext
     ) -> AsyncIterator[AsyncIterator[bytes]]:
+        self._require_key()
         data = handle.data
         output.data.setdefault("billed_characters", 0)
         request_ids: list[str] = []
@@ -367,6 +369,14 @@ class OpenAISpeech(Provider):
         if request_id:
             request_ids.append(request_id[:64])
             output.metadata["vendor_request_ids"] = ",".join(request_ids)[:500]
+
+    def _require_key(self) -> None:
+        """PROVIDER_NOT_CONFIGURED for a job resumed after the credentials were removed."""
+        if not self.configured:
+            entry = self.describe()
+            raise ProviderNotConfigured(
+                f"provider {self.name} is not configured: {entry.not_configured_reason}", provider=self.name
+            )
 
     async def aclose(self) -> None:
         await self.http.aclose()
