@@ -32,6 +32,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -245,6 +246,13 @@ class Provider(abc.ABC):
     # Submitting twice is safe when the vendor takes an idempotency key; the
     # runner then retries a submit whose outcome is unknown after a restart.
     submit_is_idempotent: bool = False
+
+
+def provider_options(request: Message) -> dict[str, Any]:
+    """The request's free-form ``provider_options`` as plain values ({} when unset)."""
+    if not request.HasField("provider_options"):
+        return {}
+    return json_format.MessageToDict(request.provider_options)
 
 
 def make_cost(units: float, unit: int, unit_price_micros: int, basis: int) -> common_pb2.Cost:

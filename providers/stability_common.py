@@ -13,9 +13,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
 from providers.base import usd
 from providers.http import UrlPolicy, VendorHTTP, __version__, base_url_from_env
 from providers.secrets import env_secret
@@ -56,8 +53,3 @@ def multipart(fields: Mapping[str, Any]) -> dict[str, tuple[None, str]]:
     return {name: (None, str(value)) for name, value in fields.items()}
 
 
-def provider_options(request: Message) -> dict[str, Any]:
-    """The request's provider_options as plain values ({} when unset)."""
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)

@@ -40,7 +40,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -54,6 +53,7 @@ from providers.base import (
     VendorState,
     check_limits,
     make_cost,
+    provider_options,
 )
 from providers.errors import (
     ContentRejected,
@@ -97,12 +97,6 @@ _MODERATION = re.compile(
 )
 _STYLE = re.compile(r"^[A-Za-z0-9]+(?:[_.-][A-Za-z0-9]+)*$")
 _IMAGE_TYPES = {".png": "image/png", ".webp": "image/webp", ".jpg": "image/jpeg", ".jpeg": "image/jpeg"}
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _classify_hook(response: httpx.Response, body: Any) -> MediagenError | None:
@@ -260,7 +254,7 @@ class Midjourney(Provider):
             out.append(FieldViolation("negative_prompt", "must not contain --", "INVALID_FORMAT"))
         if request.HasField("input_image") and request.input_image.WhichOneof("source") == "asset_id":
             out.append(FieldViolation("input_image.asset_id", "give data or an https uri", "UNSUPPORTED"))
-        out += self._option_problems(_options(request), request)
+        out += self._option_problems(provider_options(request), request)
         if out:
             raise InvalidArgument(
                 "; ".join(f"{v.field}: {v.description}" for v in out),
@@ -334,7 +328,7 @@ class Midjourney(Provider):
         return " ".join(parts)
 
     def _submission(self, request: Message) -> tuple[str, dict[str, Any]]:
-        options = _options(request)
+        options = provider_options(request)
         extra = {"botType": options["bot_type"]} if "bot_type" in options else {}
         if "custom_id" in options:
             return self._path("submit/action"), {"taskId": options["task_id"], "customId": options["custom_id"], **extra}

@@ -54,7 +54,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -70,6 +69,7 @@ from providers.base import (
     check_limits,
     format_name,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -180,12 +180,6 @@ MAX_SKELETON_BYTES = 1024 * 1024
 _B64_DECODE_BATCH = 256 * 1024  # base64 characters decoded at a time (a multiple of 4)
 
 _CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _is_dall_e(model: str) -> bool:
@@ -345,7 +339,7 @@ class OpenAIImages(Provider):
         if request.style and (not dall_e or request.style not in DALL_E_3_STYLES):
             text = "must be vivid or natural" if dall_e else f"{model} takes no style"
             out.append(FieldViolation("style", text, "UNSUPPORTED_VALUE"))
-        out += self._option_problems(model, _options(request), request)
+        out += self._option_problems(model, provider_options(request), request)
         if out:
             raise InvalidArgument(
                 "; ".join(f"{v.field}: {v.description}" for v in out),
@@ -430,7 +424,7 @@ class OpenAIImages(Provider):
     # --- the job ------------------------------------------------------------
 
     def _body(self, request: Message, model: str) -> dict[str, Any]:
-        options = _options(request)
+        options = provider_options(request)
         size, quality = self._size_and_quality(request, model)
         body: dict[str, Any] = {"model": model, "prompt": request.prompt, "n": request.count or 1}
         if size != "auto":

@@ -46,6 +46,7 @@ from providers.base import (
     VendorState,
     format_name,
     make_cost,
+    provider_options,
 )
 from providers.errors import InvalidArgument, ProviderBadResponse
 from providers.http import CHUNK_SIZE, MAX_RESPONSE_BYTES
@@ -56,7 +57,6 @@ from providers.stability_common import (
     NOT_CONFIGURED,
     SEED_MAX,
     multipart,
-    provider_options,
     stability_http,
 )
 

@@ -24,7 +24,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -38,6 +37,7 @@ from providers.base import (
     VendorState,
     format_name,
     make_cost,
+    provider_options,
 )
 from providers.errors import (
     ContentRejected,
@@ -55,12 +55,6 @@ MOCK_SPEECH_MAX_CHARACTERS = 8000
 BEHAVIORS = ("fail", "stall", "rate_limit", "content_rejected", "unavailable")
 _ASPECT_SIZES = {"16:9": (640, 360), "9:16": (360, 640), "1:1": (480, 480), "4:3": (640, 480), "3:4": (480, 640)}
 _IMAGE_ASPECT_SIZES = {"1:1": (1024, 1024), "16:9": (1344, 768), "9:16": (768, 1344), "4:3": (1152, 864), "3:4": (864, 1152)}
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _seed(request: Message, ctx_job_id: str) -> int:
@@ -95,7 +89,7 @@ class MockProvider(Provider):
 
     def validate(self, request: Message) -> None:
         super().validate(request)
-        options = _options(request)
+        options = provider_options(request)
         behavior = options.get("mock_behavior")
         if behavior is not None and behavior not in BEHAVIORS:
             raise InvalidArgument.field(
@@ -116,7 +110,7 @@ class MockProvider(Provider):
         return make_cost(units, unit, 0, common_pb2.COST_BASIS_FREE)
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
-        options = _options(request)
+        options = provider_options(request)
         behavior = options.get("mock_behavior", "")
         if behavior == "rate_limit":
             raise ProviderRateLimited("mock: too many requests", provider=self.name, retry_after=30.0)

@@ -47,7 +47,6 @@ from typing import Any
 
 import httpx
 import structlog
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -61,6 +60,7 @@ from providers.base import (
     VendorState,
     format_name,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -122,12 +122,6 @@ _LICENCE_FORBIDS_CODES = frozenset(
 _CONCURRENCY_CODE = "licenselimitconcurrenttrackgenerationscount"
 
 _CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _price_from_env(name: str, default: float) -> float:
@@ -249,7 +243,7 @@ class MubertProvider(Provider):
     def _body(self, request: Message) -> dict[str, Any]:
         """The POST /public/tracks body; raises InvalidArgument naming every bad field."""
         out: list[FieldViolation] = []
-        options = _options(request)
+        options = provider_options(request)
         for key in options:
             if key not in OPTIONS:
                 out.append(

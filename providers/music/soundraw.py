@@ -47,7 +47,6 @@ from typing import Any
 
 import httpx
 import structlog
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -61,6 +60,7 @@ from providers.base import (
     VendorState,
     format_name,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import FieldViolation, InvalidArgument, ProviderBadResponse
@@ -163,12 +163,6 @@ _CONTENT_TYPES = {"mp3": "audio/mpeg", "wav": "audio/wav"}
 #: Composing is synchronous, so the answer waits for the whole track: a longer
 #: read timeout than the shared default (also used for downloads).
 COMPOSE_TIMEOUT = httpx.Timeout(connect=10.0, read=180.0, write=60.0, pool=10.0)
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _norm(value: str) -> str:
@@ -303,7 +297,7 @@ class SoundrawProvider(Provider):
 
     def _body(self, request: Message) -> dict[str, Any]:
         out: list[FieldViolation] = []
-        options = _options(request)
+        options = provider_options(request)
         for key in options:
             if key not in OPTIONS:
                 out.append(

@@ -61,7 +61,6 @@ from typing import Any
 
 import httpx
 import structlog
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -75,6 +74,7 @@ from providers.base import (
     VendorState,
     format_name,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -141,12 +141,6 @@ _TEXT_OPTIONS = ("style", "title", "negativeTags", "personaId")
 _CUSTOM_ONLY_OPTIONS = ("vocalGender", "personaId")
 OPTIONS = ("customMode", *_TEXT_OPTIONS, "vocalGender", *_NUMBER_OPTIONS)
 _SECTION_TAG = re.compile(r"^\s*\[[^\]]*\]\s*")
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _price_from_env(name: str) -> float:
@@ -315,7 +309,7 @@ class SunoProvider(Provider):
 
     def _body(self, request: Message, model: str) -> dict[str, Any]:
         out: list[FieldViolation] = []
-        options = _options(request)
+        options = provider_options(request)
         for key in options:
             if key not in OPTIONS:
                 out.append(

@@ -56,7 +56,6 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import httpx
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -70,6 +69,7 @@ from providers.base import (
     VendorState,
     format_name,
     make_cost,
+    provider_options,
 )
 from providers.errors import (
     FieldViolation,
@@ -128,12 +128,6 @@ class NoMatchingSound(NotFound):
     """The search found no sound that fits the request (NOT_FOUND, not a bad request)."""
 
     reason = "NO_MATCHING_SOUND"
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def describe_license(value: str) -> tuple[str, bool, bool]:
@@ -258,7 +252,7 @@ class FreesoundProvider(Provider):
 
     def _check(self, request: Message) -> dict[str, Any]:
         out: list[FieldViolation] = []
-        options = _options(request)
+        options = provider_options(request)
         for key in options:
             if key not in OPTIONS:
                 out.append(
@@ -378,7 +372,7 @@ class FreesoundProvider(Provider):
                 provider=self.name,
                 http_status=response.status_code,
             )
-        options = _options(request)
+        options = provider_options(request)
         fmt = format_name(request)
         candidates = []
         for sound in results:

@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -59,6 +58,7 @@ from providers.base import (
     VendorUsage,
     check_limits,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -306,12 +306,6 @@ def classify(
     return ProviderBadResponse(f"{text} (unknown code)", retryable=False, **common)
 
 
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
-
-
 def _sniff(data: bytes) -> str:
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "image/png"
@@ -508,7 +502,7 @@ class KlingVideo(Provider):
         body: dict[str, Any] = {"model_name": name, "prompt": request.prompt}
         if request.negative_prompt:
             body["negative_prompt"] = request.negative_prompt
-        options = _options(request)
+        options = provider_options(request)
         mode = DEFAULT_MODE if model.modes else ""
         sound = False
         for key, value in options.items():

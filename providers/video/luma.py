@@ -40,7 +40,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -55,6 +54,7 @@ from providers.base import (
     VendorState,
     check_limits,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -110,12 +110,6 @@ MODELS: dict[str, LumaModel] = {
     )
 }
 DEFAULT_MODEL = "ray-2"
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 class LumaVideo(Provider):
@@ -266,7 +260,7 @@ class LumaVideo(Provider):
         resolution = DEFAULT_RESOLUTION
         if model.ray2_options:
             body["duration"] = f"{seconds}s"
-        options = _options(request)
+        options = provider_options(request)
         for key, value in options.items():
             where = f"provider_options.{key}"
             if key == "resolution":

@@ -39,7 +39,6 @@ from typing import Any
 
 import httpx
 import structlog
-from google.protobuf import json_format
 from google.protobuf.message import Message
 from PIL import Image
 
@@ -54,6 +53,7 @@ from providers.base import (
     VendorHandle,
     VendorState,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -124,12 +124,6 @@ MODELS: dict[str, PikaModel] = {
     )
 }
 DEFAULT_MODEL = "pika-v2.2"
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def _image_type(data: bytes) -> str:
@@ -263,7 +257,7 @@ class PikaProvider(Provider):
                     "pika image-to-video follows the input image's aspect ratio",
                     "UNSUPPORTED_FIELD",
                 )
-        options = _options(request)
+        options = provider_options(request)
         for key in options:
             if key not in OPTIONS:
                 raise InvalidArgument.field(
@@ -284,7 +278,7 @@ class PikaProvider(Provider):
         duration = (
             round(request.duration_seconds) if request.duration_seconds else model.durations[0]
         )
-        return duration, str(_options(request).get("resolution", RESOLUTIONS[0]))
+        return duration, str(provider_options(request).get("resolution", RESOLUTIONS[0]))
 
     @staticmethod
     def _cost(model: PikaModel, duration: float, resolution: str, basis: int) -> common_pb2.Cost:

@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -56,6 +55,7 @@ from providers.base import (
     VendorState,
     check_limits,
     make_cost,
+    provider_options,
     usd,
 )
 from providers.errors import (
@@ -162,12 +162,6 @@ MODELS: dict[str, RunwayModel] = {
 }
 DEFAULT_MODEL = "gen4.5"
 FAILURE_TEXT_MODERATION = re.compile(r"moderat|safety|content polic", re.IGNORECASE)
-
-
-def _options(request: Message) -> dict[str, Any]:
-    if not request.HasField("provider_options"):
-        return {}
-    return json_format.MessageToDict(request.provider_options)
 
 
 def sniff_image_type(data: bytes) -> str:
@@ -329,7 +323,7 @@ class RunwayVideo(Provider):
     def _check(self, request: Message) -> tuple[RunwayModel, dict[str, Any], list[FieldViolation]]:
         """Every problem with ``request`` for Runway, and the resolved body fields."""
         model = self._model(request)
-        options = _options(request)
+        options = provider_options(request)
         out: list[FieldViolation] = []
         has_image = request.HasField("input_image")
         endpoint = "image_to_video" if has_image else "text_to_video"
@@ -525,7 +519,7 @@ class RunwayVideo(Provider):
     def _price(self, request: Message, model_name: str) -> tuple[RunwayModel, int, int]:
         model = MODELS.get(model_name) or MODELS[DEFAULT_MODEL]
         seconds = _whole_seconds(request.duration_seconds) if request.duration_seconds else None
-        audio = bool(_options(request).get("audio", True)) if model.audio else False
+        audio = bool(provider_options(request).get("audio", True)) if model.audio else False
         return model, seconds or model.default_duration, usd(model.credits(audio) * CREDIT_USD)
 
     def estimate_cost(self, request: Message, model: str) -> common_pb2.Cost:

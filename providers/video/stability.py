@@ -49,6 +49,7 @@ from providers.base import (
     VendorHandle,
     VendorState,
     make_cost,
+    provider_options,
 )
 from providers.errors import (
     InvalidArgument,
@@ -64,7 +65,6 @@ from providers.stability_common import (
     NOT_CONFIGURED,
     SEED_MAX,
     multipart,
-    provider_options,
     stability_http,
 )
 
