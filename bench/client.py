@@ -43,6 +43,7 @@ async def getjob(spec: dict[str, Any]) -> dict[str, Any]:
     request = video_pb2.GetVideoJobRequest(job_id=spec["job_id"])
     latencies: list[float] = []
     errors = 0
+    counts = [0]  # every call, warm-up included (the server's CPU time covers them all)
     measuring = False
     stop_at = 0.0
 
@@ -59,6 +60,7 @@ async def getjob(spec: dict[str, Any]) -> dict[str, Any]:
             except Exception:
                 errors += 1
                 continue
+            counts[0] += 1
             if measuring:
                 latencies.append(clock() - started)
 
@@ -77,6 +79,7 @@ async def getjob(spec: dict[str, Any]) -> dict[str, Any]:
         await ch.close()
     return {
         "calls": len(latencies),
+        "total_calls": counts[0],
         "errors": errors,
         "seconds": elapsed,
         "rps": len(latencies) / elapsed if elapsed else 0.0,
@@ -233,6 +236,7 @@ async def e2e(spec: dict[str, Any]) -> dict[str, Any]:
     measuring = False
     stop_at = float("inf")
     done = 0
+    total = [0]  # warm-up included (the server's CPU time covers them all)
     downloaded_bytes = 0
 
     async def user(i: int) -> None:
@@ -261,6 +265,7 @@ async def e2e(spec: dict[str, Any]) -> dict[str, Any]:
             if got != last.job.artifacts[0].size_bytes:
                 failures["SHORT_DOWNLOAD"] = failures.get("SHORT_DOWNLOAD", 0) + 1
                 continue
+            total[0] += 1
             if measuring:
                 done += 1
                 downloaded_bytes += got
@@ -278,6 +283,7 @@ async def e2e(spec: dict[str, Any]) -> dict[str, Any]:
         await ch.close()
     return {
         "jobs": done,
+        "total_jobs": total[0],
         "seconds": elapsed,
         "jobs_per_s": done / elapsed if elapsed else 0.0,
         "failures": failures,
@@ -333,17 +339,19 @@ async def count_jobs(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         stub, call, request = image_pb2_grpc.ImageServiceStub(channel), "ListImageJobs", image_pb2.ListImageJobsRequest
     counts: dict[str, int] = {}
+    advanced = 0  # jobs whose last event is past ``after_sequence``
     token = ""
     while True:
         page = await getattr(stub, call)(request(page_size=1000, page_token=token))
         for job in page.jobs:
             name = common_pb2.JobState.Name(job.state)
             counts[name] = counts.get(name, 0) + 1
+            advanced += job.last_sequence > int(spec.get("after_sequence", 0))
         token = page.next_page_token
         if not token:
             break
     await channel.close()
-    return {"states": counts}
+    return {"states": counts, "advanced": advanced}
 
 
 # --- set-up helpers ----------------------------------------------------------------------

@@ -64,6 +64,20 @@ def peak_rss(pid: int | str = "self") -> int:
     return _status(pid).get("VmHWM", 0)
 
 
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time the process has used so far."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
 def reset_peak(pid: int | str = "self") -> bool:
     """Reset VmHWM to the current RSS (Linux clear_refs '5'); False when not allowed."""
     try:
@@ -249,6 +263,7 @@ def machine() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "usable_cpus": sorted(os.sched_getaffinity(0)),
         "cpu_model": _cpu_model(),
+        "load_average_at_start": load_average(),
         "memory_bytes": _memory_bytes(),
         "platform": platform.platform(),
         "python": platform.python_version(),
