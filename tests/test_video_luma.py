@@ -3,19 +3,13 @@
 from __future__ import annotations
 
 import base64
-import io
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from PIL import Image
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, video_pb2, video_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, video_pb2, video_pb2_grpc
 from providers.mock.media import probe
 from providers.retry import RetryPolicy
 from providers.video.luma import LumaVideo
@@ -32,6 +26,7 @@ from tests.fakes.server import (
     slow,
     truncated,
 )
+from tests.helpers import bad_fields, error_reason, png, retry_delay, serving, vendor_env
 
 VIDEO = common_pb2.MEDIA_TYPE_VIDEO
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0)
@@ -39,94 +34,25 @@ Code = grpc.StatusCode
 KEY_VARS = ("LUMAAI_API_KEY", "LUMA_API_KEY")
 
 
-def png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 36), (10, 160, 90)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def error_reason(status) -> tuple[str, dict[str, str]]:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason, dict(info.metadata)
-    raise AssertionError("no ErrorInfo")
-
-
-def retry_delay(status) -> float | None:
-    for detail in status.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-@dataclass
-class Env:
-    fake: FakeLuma
-    cdn: FakeVendorServer
-    server: MediagenServer
-    stub: video_pb2_grpc.VideoServiceStub
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    data_dir: Path
-
-    @property
-    def provider(self) -> LumaVideo:
-        return self.server.registry.get(VIDEO, "luma")
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = video_pb2.GenerateVideoRequest()
-        json_format.ParseDict(
-            {"provider": "luma", "prompt": "a red fox in snow", **fields}, request
-        )
-        return (await self.stub.GenerateVideo(request)).job
-
-    async def events(self, job_id: str) -> list[common_pb2.JobEvent]:
-        call = self.stub.WatchVideoJob(video_pb2.WatchVideoJobRequest(job_id=job_id), timeout=20)
-        return [r.event async for r in call]
-
-    async def run(self, **fields) -> common_pb2.Job:
-        job = await self.generate(**fields)
-        return (await self.events(job.id))[-1].job
-
-    def stored_files(self) -> list[Path]:
-        root = self.data_dir / "artifacts"
-        return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
 @pytest.fixture
 async def luma(monkeypatch, tmp_path):
     with FakeVendorServer() as api, FakeVendorServer() as cdn:
         fake = FakeLuma(api, cdn=cdn)
-        monkeypatch.setenv("LUMA_BASE_URL", fake.base_url)
-        monkeypatch.setenv("LUMAAI_API_KEY", fake.key)
-        monkeypatch.delenv("LUMA_API_KEY", raising=False)
-        # Failure tests run many jobs in a row: keep the circuit breaker out of their way.
-        server = MediagenServer(make_settings(tmp_path, circuit_threshold=1000))
-        server.registry.get(VIDEO, "luma").http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield Env(
-                    fake,
-                    cdn,
-                    server,
-                    video_pb2_grpc.VideoServiceStub(channel),
-                    catalog_pb2_grpc.CatalogServiceStub(channel),
-                    tmp_path / "data",
-                )
-        finally:
-            await server.stop(grace=0.1)
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            VIDEO,
+            "luma",
+            {"LUMA_BASE_URL": fake.base_url, "LUMAAI_API_KEY": fake.key},
+            unset=["LUMA_API_KEY"],
+            retry=FAST,
+            # Failure tests run many jobs in a row: keep the circuit breaker out of their way.
+            settings={"circuit_threshold": 1000},
+            fake=fake,
+            cdn=cdn,
+            defaults={"prompt": "a red fox in snow"},
+        ) as env:
+            yield env
 
 
 async def test_text_to_video_end_to_end(luma, tmp_path):
@@ -397,20 +323,13 @@ async def test_catalog_entry(luma):
 async def test_missing_key_is_not_configured(monkeypatch, tmp_path):
     for name in KEY_VARS:
         monkeypatch.delenv(name, raising=False)
-    server = MediagenServer(make_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = video_pb2_grpc.VideoServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as err:
-                await stub.GenerateVideo(
-                    video_pb2.GenerateVideoRequest(provider="luma", prompt="a fox")
-                )
-            assert err.value.code() == Code.FAILED_PRECONDITION
-            assert error_reason(rpc_status.from_call(err.value))[0] == "PROVIDER_NOT_CONFIGURED"
-            assert "LUMAAI_API_KEY" in err.value.details()
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(MediagenServer(make_settings(tmp_path))) as channel:
+        stub = video_pb2_grpc.VideoServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            await stub.GenerateVideo(video_pb2.GenerateVideoRequest(provider="luma", prompt="a fox"))
+        assert err.value.code() == Code.FAILED_PRECONDITION
+        assert error_reason(rpc_status.from_call(err.value))[0] == "PROVIDER_NOT_CONFIGURED"
+        assert "LUMAAI_API_KEY" in err.value.details()
 
 
 async def test_spec_names_for_key_and_base_url(monkeypatch, tmp_path):

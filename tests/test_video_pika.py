@@ -4,23 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc_status import rpc_status
-from PIL import Image
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, video_pb2, video_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, video_pb2
 from providers.mock.media import probe
 from providers.retry import RetryPolicy
-from server.app import MediagenServer
-from tests.conftest import make_settings
 from tests.fakes.fal import APP, FAL_KEY, STALLED_PLAN, FakeFal, exhausted_balance, model_error
 from tests.fakes.server import (
     FakeVendorServer,
@@ -32,6 +25,7 @@ from tests.fakes.server import (
     slow,
     truncated,
 )
+from tests.helpers import bad_fields, error_reason, png, retry_delay, vendor_env
 
 VIDEO = common_pb2.MEDIA_TYPE_VIDEO
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0)
@@ -40,95 +34,24 @@ STATUS = f"/{APP}/requests/{{id}}/status"
 SUBMIT = f"/{APP}/{{endpoint:path}}"
 
 
-def png(width: int, height: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (20, 120, 200)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def error_details(status) -> tuple[str, dict[str, str], float | None]:
-    """(ErrorInfo.reason, its metadata, RetryInfo delay) of a google.rpc.Status."""
-    reason, metadata, delay = "", {}, None
-    for detail in status.details:
-        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Unpack(retry):
-            delay = retry.retry_delay.ToNanoseconds() / 1e9
-    return reason, metadata, delay
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-@dataclass
-class Env:
-    fake: FakeFal
-    cdn: FakeVendorServer
-    server: MediagenServer
-    stub: video_pb2_grpc.VideoServiceStub
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    data_dir: Path
-
-    @property
-    def provider(self):
-        return self.server.registry.get(VIDEO, "pika")
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = video_pb2.GenerateVideoRequest()
-        json_format.ParseDict(
-            {"provider": "pika", "prompt": "a red fox in snow", **fields}, request
-        )
-        return (await self.stub.GenerateVideo(request)).job
-
-    async def events(self, job_id: str) -> list[common_pb2.JobEvent]:
-        call = self.stub.WatchVideoJob(video_pb2.WatchVideoJobRequest(job_id=job_id), timeout=20)
-        return [r.event async for r in call]
-
-    async def run(self, **fields) -> common_pb2.Job:
-        job = await self.generate(**fields)
-        return (await self.events(job.id))[-1].job
-
-    async def download(self, job_id: str) -> bytes:
-        call = self.stub.DownloadVideo(video_pb2.DownloadVideoRequest(job_id=job_id))
-        return b"".join([m.data async for m in call])
-
-    def stored_files(self) -> list[Path]:
-        root = self.data_dir / "artifacts"
-        return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
 async def _env(monkeypatch, tmp_path, keys: dict[str, str] | None = None):
     """A server whose pika adapter talks to a fake fal; ``keys``: the key variables to set."""
-    for name in KEY_VARIABLES:
-        monkeypatch.delenv(name, raising=False)
     with FakeVendorServer() as api, FakeVendorServer() as cdn:
         fake = FakeFal(api, cdn=cdn)
-        monkeypatch.setenv("FAL_BASE_URL", api.url)
-        for name, value in ({"FAL_KEY": FAL_KEY} if keys is None else keys).items():
-            monkeypatch.setenv(name, value)
-        server = MediagenServer(make_settings(tmp_path))
-        server.registry.get(VIDEO, "pika").http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield Env(
-                    fake,
-                    cdn,
-                    server,
-                    video_pb2_grpc.VideoServiceStub(channel),
-                    catalog_pb2_grpc.CatalogServiceStub(channel),
-                    tmp_path / "data",
-                )
-        finally:
-            await server.stop(grace=0.1)
+        variables = {"FAL_BASE_URL": api.url, **({"FAL_KEY": FAL_KEY} if keys is None else keys)}
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            VIDEO,
+            "pika",
+            variables,
+            unset=KEY_VARIABLES,
+            retry=FAST,
+            fake=fake,
+            cdn=cdn,
+            defaults={"prompt": "a red fox in snow"},
+        ) as env:
+            yield env
 
 
 @pytest.fixture
@@ -260,7 +183,7 @@ async def test_missing_key_is_failed_precondition_naming_the_variable(pika_witho
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "FAL_KEY" in caught.value.details()
     status = rpc_status.from_call(caught.value)
-    assert error_details(status)[0] == "PROVIDER_NOT_CONFIGURED"
+    assert error_reason(status)[0] == "PROVIDER_NOT_CONFIGURED"
     entry = (
         await pika_without_key.catalog.GetProvider(
             catalog_pb2.GetProviderRequest(name="pika", media_type=VIDEO)
@@ -322,7 +245,7 @@ async def test_submit_failures_end_the_job_with_the_right_error(pika):
         final = await pika.run()
         assert final.state == common_pb2.JOB_STATE_FAILED, reason
         assert final.error.code == code, reason
-        got, metadata, delay = error_details(final.error)
+        (got, metadata), delay = error_reason(final.error), retry_delay(final.error)
         assert got == reason and metadata["provider"] == "pika"
         if reason == "PROVIDER_RATE_LIMITED":
             assert delay == 3.0  # the vendor's Retry-After reaches the caller as RetryInfo
@@ -340,7 +263,7 @@ async def test_a_submit_slower_than_the_timeout_fails_once(pika):
     pika.fake.server.fail_next("POST", SUBMIT, slow(2.0))
     final = await pika.run()
     assert final.error.code == code_pb2.UNAVAILABLE
-    assert error_details(final.error)[0] == "PROVIDER_TIMEOUT"
+    assert error_reason(final.error)[0] == "PROVIDER_TIMEOUT"
     assert len(pika.fake.submits()) == 1
 
 
@@ -375,7 +298,7 @@ async def test_failed_requests_end_the_job_failed(pika):
         final = await pika.run()
         assert final.state == common_pb2.JOB_STATE_FAILED, outcome
         assert final.error.code == code, outcome
-        got, metadata, _ = error_details(final.error)
+        got, metadata = error_reason(final.error)
         assert got == reason, outcome
         if outcome == "crashed":
             assert metadata["falErrorType"] == "runner_server_error"
@@ -389,7 +312,7 @@ async def test_an_output_url_that_404s_stores_nothing(pika):
     pika.cdn.fail_next("GET", "/files/{name}", error_reply(404, "Not Found"))
     final = await pika.run()
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert error_details(final.error)[0] == "PROVIDER_OUTPUT_UNAVAILABLE"
+    assert error_reason(final.error)[0] == "PROVIDER_OUTPUT_UNAVAILABLE"
     assert pika.stored_files() == []
 
 
@@ -405,7 +328,7 @@ async def test_an_output_always_cut_short_fails_and_stores_nothing(pika):
     pika.cdn.fail_next("GET", "/files/{name}", truncated(b"\0" * 50_000, 1_000), times=20)
     final = await pika.run()
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert error_details(final.error)[0] == "PROVIDER_OUTPUT_UNAVAILABLE"
+    assert error_reason(final.error)[0] == "PROVIDER_OUTPUT_UNAVAILABLE"
     assert pika.stored_files() == []
 
 
