@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from PIL import Image
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, image_pb2, image_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, image_pb2
 from providers.image import midjourney
 from providers.mock.media import probe
 from providers.retry import RetryPolicy
@@ -34,64 +30,11 @@ from tests.fakes.server import (
     slow,
     truncated,
 )
+from tests.helpers import Env, bad_fields, error_reason, png, serving, set_env
 
 Code = grpc.StatusCode
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0, max_attempts=4)
-
-
-def reason_of(status) -> str:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    raise AssertionError("no ErrorInfo")
-
-
-def metadata_of(status) -> dict[str, str]:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return dict(info.metadata)
-    return {}
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-@dataclass
-class Env:
-    fake: FakeMidjourneyProxy
-    server: MediagenServer
-    stub: image_pb2_grpc.ImageServiceStub
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    data_dir: Path
-
-    def artifacts(self) -> list[Path]:
-        root = self.data_dir / "artifacts"
-        return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts]
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = image_pb2.GenerateImageRequest()
-        json_format.ParseDict({"provider": "midjourney", "prompt": "a koi pond, ukiyo-e", **fields}, request)
-        return (await self.stub.GenerateImage(request)).job
-
-    async def events(self, job_id: str) -> list[common_pb2.JobEvent]:
-        call = self.stub.WatchImageJob(image_pb2.WatchImageJobRequest(job_id=job_id))
-        return [r.event async for r in call]
-
-    async def run(self, **fields) -> common_pb2.Job:
-        job = await self.generate(**fields)
-        return (await self.events(job.id))[-1].job
-
-    async def download(self, job_id: str, index: int = 0) -> bytes:
-        call = self.stub.DownloadImage(image_pb2.DownloadImageRequest(job_id=job_id, artifact_index=index))
-        return b"".join([m.data async for m in call])
+IMAGE = common_pb2.MEDIA_TYPE_IMAGE
 
 
 @pytest.fixture
@@ -102,35 +45,30 @@ def fake():
 
 @pytest.fixture
 async def start(fake, tmp_path, monkeypatch):
-    started: list[tuple[MediagenServer, grpc.aio.Channel]] = []
-
     async def _start(*, secret: str | None = MJ_SECRET, base_url: str | None = "", **overrides) -> Env:
-        for name in ("MIDJOURNEY_API_SECRET", "MJ_API_SECRET", "MIDJOURNEY_BASE_URL"):
-            monkeypatch.delenv(name, raising=False)
+        variables = {}
         if base_url is not None:
-            monkeypatch.setenv("MIDJOURNEY_BASE_URL", base_url or fake.base_url)
+            variables["MIDJOURNEY_BASE_URL"] = base_url or fake.base_url
         if secret is not None:
-            monkeypatch.setenv("MIDJOURNEY_API_SECRET", secret)
+            variables["MIDJOURNEY_API_SECRET"] = secret
+        set_env(monkeypatch, variables, ("MIDJOURNEY_API_SECRET", "MJ_API_SECRET", "MIDJOURNEY_BASE_URL"))
         monkeypatch.setattr(midjourney, "RETRY", FAST)
         monkeypatch.setattr(midjourney, "QUEUE_FULL_RETRY_AFTER", 0.05)
-        settings = make_settings(tmp_path, **overrides)
-        server = MediagenServer(settings)
+        server = MediagenServer(make_settings(tmp_path, **overrides))
         server.runner.output_retry = FAST
-        await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        started.append((server, channel))
+        channel = await servers.enter_async_context(serving(server))
         return Env(
-            fake,
             server,
-            image_pb2_grpc.ImageServiceStub(channel),
-            catalog_pb2_grpc.CatalogServiceStub(channel),
-            Path(settings.data_dir),
+            channel,
+            IMAGE,
+            "midjourney",
+            fake=fake,
+            defaults={"prompt": "a koi pond, ukiyo-e"},
+            watch_timeout=None,
         )
 
-    yield _start
-    for server, channel in started:
-        await channel.close()
-        await server.stop(grace=0.1)
+    async with contextlib.AsyncExitStack() as servers:
+        yield _start
 
 
 @pytest.fixture
@@ -193,14 +131,12 @@ async def test_upscale_and_variation_of_a_finished_grid(env):
     # A task the proxy does not know: code 3 inside an HTTP 200.
     missing = await env.run(provider_options={"action": "VARIATION", "index": 1, "task_id": "999"})
     assert missing.error.code == Code.INVALID_ARGUMENT.value[0]
-    assert reason_of(missing.error) == "PROVIDER_INVALID_REQUEST"
-    assert metadata_of(missing.error)["vendorCode"] == "3"
+    assert error_reason(missing.error)[0] == "PROVIDER_INVALID_REQUEST"
+    assert error_reason(missing.error)[1]["vendorCode"] == "3"
 
 
 async def test_image_prompt_is_sent_as_a_data_url(env):
-    buffer = io.BytesIO()
-    Image.new("RGB", (32, 32), (1, 2, 3)).save(buffer, "PNG")
-    job = await env.run(input_image={"data": base64.b64encode(buffer.getvalue()).decode()})
+    job = await env.run(input_image={"data": base64.b64encode(png(32, 32)).decode()})
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     sent = env.fake.submits()[0].json()
     assert sent["base64"].startswith("data:image/png;base64,iVBOR")
@@ -221,21 +157,21 @@ async def test_base_url_with_the_context_path(start, fake):
 async def test_banned_word_is_content_rejected(env):
     job = await env.run(prompt="a gore scene")
     assert job.error.code == Code.INVALID_ARGUMENT.value[0]
-    assert reason_of(job.error) == "CONTENT_REJECTED"
-    assert metadata_of(job.error)["bannedWord"] == "gore"
-    assert env.artifacts() == []
+    assert error_reason(job.error)[0] == "CONTENT_REJECTED"
+    assert error_reason(job.error)[1]["bannedWord"] == "gore"
+    assert env.stored_files(partial=False) == []
 
 
 async def test_moderated_and_failed_tasks(env):
     job = await env.run(prompt="a koi [moderated]")
-    assert reason_of(job.error) == "CONTENT_REJECTED"
+    assert error_reason(job.error)[0] == "CONTENT_REJECTED"
     assert "community standards" in job.error.message
     job = await env.run(prompt="a koi [fail]")
     assert job.error.code == Code.ABORTED.value[0]
-    assert reason_of(job.error) == "PROVIDER_JOB_FAILED"
+    assert error_reason(job.error)[0] == "PROVIDER_JOB_FAILED"
     assert "invalid parameter" in job.error.message
-    assert metadata_of(job.error)["vendorStatus"] == "FAILURE"
-    assert env.artifacts() == []
+    assert error_reason(job.error)[1]["vendorStatus"] == "FAILURE"
+    assert env.stored_files(partial=False) == []
 
 
 async def test_queue_full_is_retried(env):
@@ -249,7 +185,7 @@ async def test_queue_full_for_good_is_rate_limited(env):
     env.fake.queue_full = 100
     job = await env.run()
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
-    assert reason_of(job.error) == "PROVIDER_RATE_LIMITED"
+    assert error_reason(job.error)[0] == "PROVIDER_RATE_LIMITED"
     assert len(env.fake.submits()) == FAST.max_attempts
 
 
@@ -259,14 +195,14 @@ async def test_relay_out_of_balance_code(env):
     )
     job = await env.run()
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
-    assert reason_of(job.error) == "PROVIDER_OUT_OF_CREDIT"
+    assert error_reason(job.error)[0] == "PROVIDER_OUT_OF_CREDIT"
 
 
 async def test_wrong_secret_is_auth_failed(start):
     env = await start(secret="not-the-secret")
     job = await env.run()
     assert job.error.code == Code.FAILED_PRECONDITION.value[0]
-    assert reason_of(job.error) == "PROVIDER_AUTH_FAILED"
+    assert error_reason(job.error)[0] == "PROVIDER_AUTH_FAILED"
 
 
 @pytest.mark.parametrize(
@@ -278,7 +214,7 @@ async def test_missing_configuration(start, secret, base_url, missing):
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await env.generate()
     assert err.value.code() == Code.FAILED_PRECONDITION
-    assert reason_of(rpc_status.from_call(err.value)) == "PROVIDER_NOT_CONFIGURED"
+    assert error_reason(rpc_status.from_call(err.value))[0] == "PROVIDER_NOT_CONFIGURED"
     assert missing in err.value.details()
     assert env.fake.server.requests == []
 
@@ -298,7 +234,7 @@ async def test_slow_submit_times_out(env, monkeypatch):
     provider = env.server.registry.get(common_pb2.MEDIA_TYPE_IMAGE, "midjourney")
     monkeypatch.setattr(provider.http, "timeout", httpx.Timeout(0.5))
     job = await env.run()
-    assert reason_of(job.error) == "PROVIDER_TIMEOUT"
+    assert error_reason(job.error)[0] == "PROVIDER_TIMEOUT"
     assert len(env.fake.submits()) == 1  # never sent twice
 
 
@@ -319,7 +255,7 @@ async def test_unknown_task_on_fetch_fails_the_job(env):
             env.fake.tasks.clear()  # the proxy restarted without a task store
     final = events[-1].job
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert reason_of(final.error) == "PROVIDER_JOB_FAILED" and "does not know" in final.error.message
+    assert error_reason(final.error)[0] == "PROVIDER_JOB_FAILED" and "does not know" in final.error.message
 
 
 async def test_image_url_404_and_cut_short(env):
@@ -329,8 +265,8 @@ async def test_image_url_404_and_cut_short(env):
     assert len(env.fake.server.calls("GET", "/attachments/{name}")) == 2
     env.fake.server.fail_next("GET", "/attachments/{name}", server_error(404, ""), times=5)
     job = await env.run()
-    assert reason_of(job.error) == "PROVIDER_OUTPUT_UNAVAILABLE"
-    assert len(env.artifacts()) == 1
+    assert error_reason(job.error)[0] == "PROVIDER_OUTPUT_UNAVAILABLE"
+    assert len(env.stored_files(partial=False)) == 1
 
 
 async def test_cancel_stops_polling(env):

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from PIL import Image
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, image_pb2, image_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, image_pb2
 from providers.base import JobContext, VendorHandle
 from providers.errors import ProviderBadResponse, ProviderOutputUnavailable
 from providers.image import openai_images
@@ -42,41 +40,15 @@ from tests.fakes.server import (
     slow,
     truncated,
 )
+from tests.helpers import Env, bad_fields, error_reason, png, serving, set_env
 
 Code = grpc.StatusCode
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0, max_attempts=4)
+IMAGE = common_pb2.MEDIA_TYPE_IMAGE
 
 
-def _png() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, "PNG")
-    return buffer.getvalue()
-
-
-def reason_of(status) -> str:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    raise AssertionError("no ErrorInfo")
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-@dataclass
-class Env:
-    fake: FakeOpenAIImages
-    server: MediagenServer
-    stub: image_pb2_grpc.ImageServiceStub
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    data_dir: Path
+class OpenAIEnv(Env):
+    """An Env that also shows the adapter's spool of fetched images."""
 
     @property
     def spool(self) -> Path:
@@ -84,25 +56,6 @@ class Env:
 
     def spooled(self) -> list[str]:
         return sorted(os.listdir(self.spool)) if self.spool.exists() else []
-
-    def artifacts(self) -> list[Path]:
-        root = self.data_dir / "artifacts"
-        return [p for p in root.rglob("*") if p.is_file() and ".tmp" not in p.parts]
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = image_pb2.GenerateImageRequest()
-        json_format.ParseDict({"provider": "openai", "prompt": "a lighthouse at dusk", **fields}, request)
-        return (await self.stub.GenerateImage(request)).job
-
-    async def run(self, **fields) -> common_pb2.Job:
-        job = await self.generate(**fields)
-        call = self.stub.WatchImageJob(image_pb2.WatchImageJobRequest(job_id=job.id))
-        events = [r.event async for r in call]
-        return events[-1].job
-
-    async def download(self, job_id: str, index: int = 0) -> bytes:
-        call = self.stub.DownloadImage(image_pb2.DownloadImageRequest(job_id=job_id, artifact_index=index))
-        return b"".join([m.data async for m in call])
 
 
 @pytest.fixture
@@ -114,39 +67,32 @@ def fake():
 @pytest.fixture
 async def start(fake, tmp_path, monkeypatch):
     """Start a server with the given env and settings; stopped after the test."""
-    started: list[MediagenServer] = []
-    channels: list[grpc.aio.Channel] = []
 
-    async def _start(key: str | None = OPENAI_KEY, **overrides) -> Env:
-        monkeypatch.setenv("OPENAI_BASE_URL", fake.base_url)
-        for name in ("OPENAI_ORG_ID", "OPENAI_PROJECT_ID"):
-            monkeypatch.delenv(name, raising=False)
+    async def _start(key: str | None = OPENAI_KEY, **overrides) -> OpenAIEnv:
+        variables = {"OPENAI_BASE_URL": fake.base_url}
+        unset = ["OPENAI_ORG_ID", "OPENAI_PROJECT_ID"]
         if key is None:
-            monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+            unset.append("OPENAI_API_KEY")
         else:
-            monkeypatch.setenv("OPENAI_API_KEY", key)
+            variables["OPENAI_API_KEY"] = key
+        set_env(monkeypatch, variables, unset)
         monkeypatch.setattr(openai_images, "RETRY", FAST)
         monkeypatch.setattr(openai_images, "TIMEOUT", httpx.Timeout(1.0))
-        settings = make_settings(tmp_path, **overrides)
-        server = MediagenServer(settings)
+        server = MediagenServer(make_settings(tmp_path, **overrides))
         server.runner.output_retry = FAST
-        await server.start()
-        started.append(server)
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-        channels.append(channel)
-        return Env(
-            fake,
+        channel = await servers.enter_async_context(serving(server))
+        return OpenAIEnv(
             server,
-            image_pb2_grpc.ImageServiceStub(channel),
-            catalog_pb2_grpc.CatalogServiceStub(channel),
-            Path(settings.data_dir),
+            channel,
+            IMAGE,
+            "openai",
+            fake=fake,
+            defaults={"prompt": "a lighthouse at dusk"},
+            watch_timeout=None,
         )
 
-    yield _start
-    for channel in channels:
-        await channel.close()
-    for server in started:
-        await server.stop(grace=0.1)
+    async with contextlib.AsyncExitStack() as servers:
+        yield _start
 
 
 @pytest.fixture
@@ -215,7 +161,7 @@ async def test_dall_e_3_is_retired(env):
     job = await env.run(model="dall-e-3")
     assert job.state == common_pb2.JOB_STATE_FAILED
     assert job.error.code == Code.FAILED_PRECONDITION.value[0]
-    assert reason_of(job.error) == "PROVIDER_RETIRED"
+    assert error_reason(job.error)[0] == "PROVIDER_RETIRED"
     assert "deprecated" in job.error.message
 
 
@@ -251,15 +197,15 @@ async def test_moderation_is_content_rejected(env):
     job = await env.run(prompt="something [moderated]")
     assert job.state == common_pb2.JOB_STATE_FAILED
     assert job.error.code == Code.INVALID_ARGUMENT.value[0]
-    assert reason_of(job.error) == "CONTENT_REJECTED"
-    assert env.artifacts() == [] and env.spooled() == []
+    assert error_reason(job.error)[0] == "CONTENT_REJECTED"
+    assert env.stored_files(partial=False) == [] and env.spooled() == []
 
 
 async def test_wrong_key_is_auth_failed(start):
     env = await start(key="sk-wrong-key-123456")
     job = await env.run()
     assert job.error.code == Code.FAILED_PRECONDITION.value[0]
-    assert reason_of(job.error) == "PROVIDER_AUTH_FAILED"
+    assert error_reason(job.error)[0] == "PROVIDER_AUTH_FAILED"
     assert "sk-wrong-key-123456" not in job.error.message
 
 
@@ -269,7 +215,7 @@ async def test_missing_key_is_not_configured(start):
         await env.generate()
     assert err.value.code() == Code.FAILED_PRECONDITION
     status = rpc_status.from_call(err.value)
-    assert reason_of(status) == "PROVIDER_NOT_CONFIGURED"
+    assert error_reason(status)[0] == "PROVIDER_NOT_CONFIGURED"
     assert "OPENAI_API_KEY" in err.value.details()
     request = catalog_pb2.GetProviderRequest(name="openai", media_type=common_pb2.MEDIA_TYPE_IMAGE)
     entry = (await env.catalog.GetProvider(request)).provider
@@ -281,7 +227,7 @@ async def test_insufficient_quota_is_not_retried(env):
     env.fake.server.fail_next("POST", "/v1/images/generations", insufficient_quota(), times=5)
     job = await env.run()
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
-    assert reason_of(job.error) == "PROVIDER_OUT_OF_CREDIT"
+    assert error_reason(job.error)[0] == "PROVIDER_OUT_OF_CREDIT"
     assert len(env.fake.generations()) == 1
 
 
@@ -303,7 +249,7 @@ async def test_rate_limit_gives_up(env, retry_after):
     env.fake.server.fail_next("POST", "/v1/images/generations", rate_limit_exceeded(retry_after=retry_after), times=10)
     job = await env.run()
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
-    assert reason_of(job.error) == "PROVIDER_RATE_LIMITED"
+    assert error_reason(job.error)[0] == "PROVIDER_RATE_LIMITED"
     assert len(env.fake.generations()) == FAST.max_attempts  # backoff without Retry-After
     has_retry_info = any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in job.error.details)
     assert has_retry_info == (retry_after is not None)
@@ -326,10 +272,10 @@ async def test_vendor_failures_are_not_resubmitted(env, reply, code, reason):
     job = await env.run()
     assert job.state == common_pb2.JOB_STATE_FAILED
     assert job.error.code == code.value[0]
-    assert reason_of(job.error) == reason
+    assert error_reason(job.error)[0] == reason
     # The POST costs money: after the vendor saw it, it is never sent again.
     assert len(env.fake.generations()) == 1
-    assert env.artifacts() == [] and env.spooled() == []
+    assert env.stored_files(partial=False) == [] and env.spooled() == []
 
 
 async def test_vendor_400_names_the_param(env):
@@ -342,7 +288,7 @@ async def test_vendor_400_names_the_param(env):
     )
     job = await env.run()
     assert job.error.code == Code.INVALID_ARGUMENT.value[0]
-    assert reason_of(job.error) == "PROVIDER_INVALID_REQUEST" and "Invalid size." in job.error.message
+    assert error_reason(job.error)[0] == "PROVIDER_INVALID_REQUEST" and "Invalid size." in job.error.message
 
 
 async def test_image_over_the_size_limit(start):
@@ -350,8 +296,8 @@ async def test_image_over_the_size_limit(start):
     env.fake.pad_images_to = 30_000
     job = await env.run()
     assert job.error.code == Code.RESOURCE_EXHAUSTED.value[0]
-    assert reason_of(job.error) == "OUTPUT_TOO_LARGE"
-    assert env.artifacts() == [] and env.spooled() == []
+    assert error_reason(job.error)[0] == "OUTPUT_TOO_LARGE"
+    assert env.stored_files(partial=False) == [] and env.spooled() == []
 
 
 async def test_dall_e_output_url_404_and_cut_short(env):
@@ -362,9 +308,9 @@ async def test_dall_e_output_url_404_and_cut_short(env):
     assert len(env.fake.server.calls("GET", "/files/{name}")) == 2
     env.fake.server.fail_next("GET", "/files/{name}", server_error(404, "gone"), times=5)
     job = await env.run(model="dall-e-3")
-    assert reason_of(job.error) == "PROVIDER_OUTPUT_UNAVAILABLE"
+    assert error_reason(job.error)[0] == "PROVIDER_OUTPUT_UNAVAILABLE"
     assert job.error.code == Code.UNAVAILABLE.value[0]
-    assert len(env.artifacts()) == 1  # only the first job's image
+    assert len(env.stored_files(partial=False)) == 1  # only the first job's image
 
 
 @pytest.mark.parametrize(
@@ -383,7 +329,7 @@ async def test_dall_e_output_url_404_and_cut_short(env):
         ({"provider_options": {"output_compression": 50}}, "provider_options.output_compression"),
         ({"provider_options": {"response_format": "url"}}, "provider_options.response_format"),
         ({"provider_options": {"moderation": "none"}}, "provider_options.moderation"),
-        ({"input_image": {"data": base64.b64encode(_png()).decode()}}, "input_image"),
+        ({"input_image": {"data": base64.b64encode(png(16, 16)).decode()}}, "input_image"),
     ],
 )
 async def test_unsupported_fields_are_refused_before_any_call(env, fields, field):

@@ -3,21 +3,16 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc_status import rpc_status
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, image_pb2, image_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, image_pb2
 from providers.mock.media import probe
 from providers.retry import RetryPolicy
-from server.app import MediagenServer
-from tests.conftest import make_settings
 from tests.fakes.server import (
     FakeVendorServer,
     Reply,
@@ -33,91 +28,31 @@ from tests.fakes.stability import (
     moderation_refusal,
     stability_error,
 )
+from tests.helpers import bad_fields, error_reason, vendor_env
 
 IMAGE = common_pb2.MEDIA_TYPE_IMAGE
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0)
 GENERATE = "/v2beta/stable-image/generate/{kind}"
 
 
-def error_details(status) -> tuple[str, dict[str, str], float | None]:
-    """(ErrorInfo.reason, its metadata, RetryInfo delay) of a google.rpc.Status."""
-    reason, metadata, delay = "", {}, None
-    for detail in status.details:
-        info, retry = error_details_pb2.ErrorInfo(), error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Unpack(retry):
-            delay = retry.retry_delay.ToNanoseconds() / 1e9
-    return reason, metadata, delay
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-@dataclass
-class Env:
-    fake: FakeStability
-    server: MediagenServer
-    stub: image_pb2_grpc.ImageServiceStub
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    data_dir: Path
-
-    @property
-    def provider(self):
-        return self.server.registry.get(IMAGE, "stability")
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = image_pb2.GenerateImageRequest()
-        json_format.ParseDict(
-            {"provider": "stability", "prompt": "a lighthouse at dusk", **fields}, request
-        )
-        return (await self.stub.GenerateImage(request)).job
-
-    async def run(self, **fields) -> common_pb2.Job:
-        job = await self.generate(**fields)
-        call = self.stub.WatchImageJob(image_pb2.WatchImageJobRequest(job_id=job.id), timeout=20)
-        return [r.event async for r in call][-1].job
-
-    async def download(self, job_id: str, index: int = 0) -> bytes:
-        call = self.stub.DownloadImage(
-            image_pb2.DownloadImageRequest(job_id=job_id, artifact_index=index)
-        )
-        return b"".join([m.data async for m in call])
-
-    def stored_files(self) -> list[Path]:
-        root = self.data_dir / "artifacts"
-        return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
 async def _env(monkeypatch, tmp_path, *, key: str | None = STABILITY_KEY):
-    for name in ("STABILITY_API_KEY", "STABILITY_KEY"):
-        monkeypatch.delenv(name, raising=False)
     with FakeVendorServer() as api:
         fake = FakeStability(api)
-        monkeypatch.setenv("STABILITY_BASE_URL", api.url)
+        variables = {"STABILITY_BASE_URL": api.url}
         if key is not None:
-            monkeypatch.setenv("STABILITY_API_KEY", key)
-        server = MediagenServer(make_settings(tmp_path))
-        server.registry.get(IMAGE, "stability").http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield Env(
-                    fake,
-                    server,
-                    image_pb2_grpc.ImageServiceStub(channel),
-                    catalog_pb2_grpc.CatalogServiceStub(channel),
-                    tmp_path / "data",
-                )
-        finally:
-            await server.stop(grace=0.1)
+            variables["STABILITY_API_KEY"] = key
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            IMAGE,
+            "stability",
+            variables,
+            unset=("STABILITY_API_KEY", "STABILITY_KEY"),
+            retry=FAST,
+            fake=fake,
+            defaults={"prompt": "a lighthouse at dusk"},
+        ) as env:
+            yield env
 
 
 @pytest.fixture
@@ -227,14 +162,14 @@ async def test_missing_key_is_failed_precondition(monkeypatch, tmp_path):
             await env.generate()
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "STABILITY_API_KEY" in caught.value.details()
-        assert error_details(rpc_status.from_call(caught.value))[0] == "PROVIDER_NOT_CONFIGURED"
+        assert error_reason(rpc_status.from_call(caught.value))[0] == "PROVIDER_NOT_CONFIGURED"
 
 
 async def test_a_filtered_image_is_content_rejected_not_a_blurred_success(stability):
     final = await stability.run(prompt="please blurme now", count=2)
     assert final.state == common_pb2.JOB_STATE_FAILED
     assert final.error.code == code_pb2.INVALID_ARGUMENT
-    assert error_details(final.error)[0] == "CONTENT_REJECTED"
+    assert error_reason(final.error)[0] == "CONTENT_REJECTED"
     assert "CONTENT_FILTERED" in final.error.message
     assert not final.artifacts and stability.stored_files() == []
 
@@ -250,7 +185,7 @@ async def test_a_second_image_refused_leaves_nothing_stored(stability):
     stability.fake.server.route("POST", GENERATE, refuse_the_second)
     final = await stability.run(count=2)
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert error_details(final.error)[0] == "CONTENT_REJECTED"
+    assert error_reason(final.error)[0] == "CONTENT_REJECTED"
     assert "not charged" in final.error.message
     assert len(calls) == 2 and stability.stored_files() == []
 
@@ -292,7 +227,7 @@ async def test_refusals_end_the_job_with_the_vendors_reason(stability):
         final = await stability.run()
         assert final.state == common_pb2.JOB_STATE_FAILED, reason
         assert final.error.code == code, reason
-        got, metadata, _ = error_details(final.error)
+        got, metadata = error_reason(final.error)
         assert got == reason and metadata["provider"] == "stability"
         # The error id Stability support asks for.
         assert metadata["vendorRequestId"] == reply.body["id"]
@@ -337,7 +272,7 @@ async def test_persistent_outage_fails_unavailable(stability):
     final = await stability.run()
     assert final.state == common_pb2.JOB_STATE_FAILED
     assert final.error.code == code_pb2.UNAVAILABLE
-    assert error_details(final.error)[0] == "PROVIDER_UNAVAILABLE"
+    assert error_reason(final.error)[0] == "PROVIDER_UNAVAILABLE"
     assert stability.stored_files() == []
 
 
@@ -349,7 +284,7 @@ async def test_json_answer_is_not_taken_for_an_image(stability):
     )
     final = await stability.run()
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert error_details(final.error)[0] == "PROVIDER_BAD_RESPONSE"
+    assert error_reason(final.error)[0] == "PROVIDER_BAD_RESPONSE"
     assert len(stability.fake.image_calls()) == 1
 
 

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import base64
-import io
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc_status import rpc_status
-from PIL import Image
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, video_pb2, video_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, video_pb2
 from providers.base import JobContext
 from providers.errors import InvalidArgument
 from providers.mock.media import probe
 from providers.retry import RetryPolicy
-from server.app import MediagenServer
-from tests.conftest import make_settings
 from tests.fakes.server import FakeVendorServer, error_reply, malformed_json, rate_limited
 from tests.fakes.stability import STABILITY_KEY, FakeStability, moderation_refusal
+from tests.helpers import Env, bad_fields, error_reason, png, vendor_env
 
 VIDEO = common_pb2.MEDIA_TYPE_VIDEO
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0)
@@ -30,86 +24,30 @@ SUBMIT = "/v2beta/image-to-video"
 RESULT = "/v2beta/image-to-video/result/{id}"
 
 
-def image(width: int = 1024, height: int = 576, fmt: str = "PNG") -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (90, 160, 40)).save(buffer, fmt)
-    return buffer.getvalue()
-
-
 def inline(data: bytes) -> dict[str, str]:
     return {"data": base64.b64encode(data).decode()}
 
 
-def error_reason(status) -> str:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason
-    raise AssertionError("no ErrorInfo")
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
-
-@dataclass
-class Env:
-    fake: FakeStability
-    images: FakeVendorServer
-    server: MediagenServer
-    stub: video_pb2_grpc.VideoServiceStub
-    catalog: catalog_pb2_grpc.CatalogServiceStub
-    data_dir: Path
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = video_pb2.GenerateVideoRequest()
-        fields.setdefault("input_image", inline(image()))
-        if fields["input_image"] is None:
-            del fields["input_image"]
-        json_format.ParseDict(
-            {"provider": "stability", "prompt": "make it move", **fields}, request
-        )
-        return (await self.stub.GenerateVideo(request)).job
-
-    async def run(self, **fields) -> common_pb2.Job:
-        job = await self.generate(**fields)
-        call = self.stub.WatchVideoJob(video_pb2.WatchVideoJobRequest(job_id=job.id), timeout=20)
-        return [r.event async for r in call][-1].job
-
-    def stored_files(self) -> list[Path]:
-        root = self.data_dir / "artifacts"
-        return [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-
-
 async def _env(monkeypatch, tmp_path, *, key: str | None = STABILITY_KEY):
-    for name in ("STABILITY_API_KEY", "STABILITY_KEY"):
-        monkeypatch.delenv(name, raising=False)
     with FakeVendorServer() as api, FakeVendorServer() as images:
         fake = FakeStability(api)
-        monkeypatch.setenv("STABILITY_BASE_URL", api.url)
+        variables = {"STABILITY_BASE_URL": api.url}
         if key is not None:
-            monkeypatch.setenv("STABILITY_API_KEY", key)
-        server = MediagenServer(make_settings(tmp_path))
-        server.registry.get(VIDEO, "stability").http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield Env(
-                    fake,
-                    images,
-                    server,
-                    video_pb2_grpc.VideoServiceStub(channel),
-                    catalog_pb2_grpc.CatalogServiceStub(channel),
-                    tmp_path / "data",
-                )
-        finally:
-            await server.stop(grace=0.1)
+            variables["STABILITY_API_KEY"] = key
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            VIDEO,
+            "stability",
+            variables,
+            unset=("STABILITY_API_KEY", "STABILITY_KEY"),
+            retry=FAST,
+            fake=fake,
+            cdn=images,
+            # input_image=None leaves the image out
+            defaults={"prompt": "make it move", "input_image": inline(png(1024, 576))},
+        ) as env:
+            yield env
 
 
 @pytest.fixture
@@ -119,7 +57,7 @@ async def svd(monkeypatch, tmp_path):
 
 
 async def test_image_to_video_end_to_end(svd, tmp_path):
-    picture = image()
+    picture = png(1024, 576)
     job = await svd.generate(
         input_image=inline(picture),
         seed=99,
@@ -167,27 +105,27 @@ async def submit_direct(env: Env, uri: str):
 
 
 async def test_image_given_by_uri_is_fetched_and_uploaded(svd):
-    picture = image(768, 768, "JPEG")
-    svd.images.route("GET", "/in/square.jpg", (200, picture, {"Content-Type": "image/jpeg"}))
-    handle = await submit_direct(svd, f"{svd.images.url}/in/square.jpg")
+    picture = png(768, 768, "JPEG")
+    svd.cdn.route("GET", "/in/square.jpg", (200, picture, {"Content-Type": "image/jpeg"}))
+    handle = await submit_direct(svd, f"{svd.cdn.url}/in/square.jpg")
     video = svd.fake.videos[handle.vendor_job_id]
     assert video.image == picture and video.size == (768, 768)
     # The image host never sees the Stability key.
-    (fetch,) = svd.images.calls("GET", "/in/square.jpg")
+    (fetch,) = svd.cdn.calls("GET", "/in/square.jpg")
     assert "authorization" not in fetch.headers
 
 
 @pytest.mark.parametrize(
     ("reply", "message"),
     [
-        ((200, image(640, 480), {"Content-Type": "image/png"}), "1024x576"),
+        ((200, png(640, 480), {"Content-Type": "image/png"}), "1024x576"),
         (error_reply(404, "gone"), "could not be fetched"),
     ],
 )
 async def test_an_unusable_image_uri_is_invalid_argument(svd, reply, message):
-    svd.images.route("GET", "/in/bad.png", reply)
+    svd.cdn.route("GET", "/in/bad.png", reply)
     with pytest.raises(InvalidArgument) as caught:
-        await submit_direct(svd, f"{svd.images.url}/in/bad.png")
+        await submit_direct(svd, f"{svd.cdn.url}/in/bad.png")
     assert message in caught.value.message
     assert caught.value.field_violations[0].field == "input_image.uri"
     assert svd.fake.server.requests == []
@@ -202,8 +140,8 @@ async def test_an_image_uri_on_the_api_is_refused(svd):
 #: (request fields, the field the refusal must name)
 API_COULD_NOT = [
     ({"input_image": None}, "input_image"),
-    ({"input_image": inline(image(640, 480))}, "input_image.data"),
-    ({"input_image": inline(image(1024, 576, "WEBP"))}, "input_image.data"),
+    ({"input_image": inline(png(640, 480))}, "input_image.data"),
+    ({"input_image": inline(png(1024, 576, "WEBP"))}, "input_image.data"),
     ({"input_image": {"asset_id": "a1"}}, "input_image.asset_id"),
     ({"duration_seconds": 4}, "duration_seconds"),
     ({"negative_prompt": "blur"}, "negative_prompt"),
@@ -251,14 +189,14 @@ async def test_missing_key_is_failed_precondition(monkeypatch, tmp_path):
             await env.generate()
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "STABILITY_API_KEY" in caught.value.details()
-        assert error_reason(rpc_status.from_call(caught.value)) == "PROVIDER_NOT_CONFIGURED"
+        assert error_reason(rpc_status.from_call(caught.value))[0] == "PROVIDER_NOT_CONFIGURED"
 
 
 async def test_a_filtered_clip_is_content_rejected(svd):
     svd.fake.video_outcome = "filtered"
     final = await svd.run()
     assert final.state == common_pb2.JOB_STATE_FAILED
-    assert error_reason(final.error) == "CONTENT_REJECTED"
+    assert error_reason(final.error)[0] == "CONTENT_REJECTED"
     assert svd.stored_files() == []
 
 
@@ -266,7 +204,7 @@ async def test_moderation_refusal_at_submit(svd):
     svd.fake.server.fail_next("POST", SUBMIT, moderation_refusal())
     final = await svd.run()
     assert final.error.code == code_pb2.INVALID_ARGUMENT
-    assert error_reason(final.error) == "CONTENT_REJECTED"
+    assert error_reason(final.error)[0] == "CONTENT_REJECTED"
 
 
 async def test_an_expired_result_fails_the_job(svd):
@@ -276,7 +214,7 @@ async def test_an_expired_result_fails_the_job(svd):
     final = await svd.run()
     assert final.state == common_pb2.JOB_STATE_FAILED
     assert final.error.code == code_pb2.ABORTED
-    assert error_reason(final.error) == "PROVIDER_JOB_FAILED"
+    assert error_reason(final.error)[0] == "PROVIDER_JOB_FAILED"
 
 
 async def test_result_polls_honour_retry_after(svd):
@@ -291,7 +229,7 @@ async def test_submit_answer_without_an_id_is_a_bad_response(svd):
     svd.fake.server.fail_next("POST", SUBMIT, malformed_json())
     final = await svd.run()
     assert final.error.code == code_pb2.UNAVAILABLE
-    assert error_reason(final.error) == "PROVIDER_BAD_RESPONSE"
+    assert error_reason(final.error)[0] == "PROVIDER_BAD_RESPONSE"
     assert len(svd.fake.server.calls("POST", SUBMIT)) == 1
 
 
