@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import httpx
@@ -20,6 +18,7 @@ from server.app import MediagenServer
 from tests.conftest import make_settings
 from tests.fakes.mubert import ACCESS_TOKEN, CUSTOMER_ID, FakeMubert
 from tests.fakes.server import dropped, malformed_json, rate_limited, server_error, slow, truncated
+from tests.helpers import assert_failed, bad_fields, error_info, serving, vendor_env
 
 FAST = RetryPolicy(initial=0.01, maximum=0.02, max_retry_after=2.0, max_attempts=3)
 MUSIC = common_pb2.MEDIA_TYPE_MUSIC
@@ -28,27 +27,24 @@ MUSIC = common_pb2.MEDIA_TYPE_MUSIC
 @pytest.fixture
 async def env(tmp_path, monkeypatch):
     with FakeMubert() as fake:
-        monkeypatch.setenv("MUBERT_BASE_URL", fake.base_url)
-        monkeypatch.setenv("MUBERT_CUSTOMER_ID", CUSTOMER_ID)
-        monkeypatch.setenv("MUBERT_ACCESS_TOKEN", ACCESS_TOKEN)
-        monkeypatch.setenv("MUBERT_TRACK_PRICE_USD", "0.25")
-        server = MediagenServer(make_settings(tmp_path))
-        provider = server.registry.get(MUSIC, "mubert")
-        provider.http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield SimpleNamespace(
-                    fake=fake,
-                    server=server,
-                    provider=provider,
-                    stub=music_pb2_grpc.MusicServiceStub(channel),
-                    catalog=catalog_pb2_grpc.CatalogServiceStub(channel),
-                    artifacts=Path(server.settings.storage_path),
-                )
-        finally:
-            await server.stop(grace=0.1)
+        variables = {
+            "MUBERT_BASE_URL": fake.base_url,
+            "MUBERT_CUSTOMER_ID": CUSTOMER_ID,
+            "MUBERT_ACCESS_TOKEN": ACCESS_TOKEN,
+            "MUBERT_TRACK_PRICE_USD": "0.25",
+        }
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            MUSIC,
+            "mubert",
+            variables,
+            retry=FAST,
+            fake=fake,
+            watch_timeout=None,
+            require_end=True,
+        ) as env:
+            yield env
 
 
 def request(**fields) -> music_pb2.GenerateMusicRequest:
@@ -57,52 +53,11 @@ def request(**fields) -> music_pb2.GenerateMusicRequest:
     return msg
 
 
-async def run(env, **fields) -> common_pb2.Job:
-    job = (await env.stub.GenerateMusic(request(**fields))).job
-    return await finish(env, job.id)
-
-
-async def finish(env, job_id: str) -> common_pb2.Job:
-    events = [
-        r.event async for r in env.stub.WatchMusicJob(music_pb2.WatchMusicJobRequest(job_id=job_id))
-    ]
-    assert events[-1].type == common_pb2.JOB_EVENT_TYPE_ENDED
-    return events[-1].job
-
-
-async def download(env, job_id: str) -> tuple[common_pb2.Artifact, bytes]:
-    messages = [
-        m async for m in env.stub.DownloadMusic(music_pb2.DownloadMusicRequest(job_id=job_id))
-    ]
-    return messages[0].artifact, b"".join(m.data for m in messages)
-
-
-def error_info(status) -> error_details_pb2.ErrorInfo:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError("no ErrorInfo")
-
-
-def assert_failed(job, code: int, reason: str) -> error_details_pb2.ErrorInfo:
-    assert job.state == common_pb2.JOB_STATE_FAILED, job
-    assert job.error.code == code, job.error
-    info = error_info(job.error)
-    assert info.reason == reason, job.error
-    assert not job.artifacts
-    return info
-
-
-def stored_files(env) -> list[Path]:
-    return [p for p in env.artifacts.rglob("*") if p.is_file()] if env.artifacts.exists() else []
-
-
 # --- success -------------------------------------------------------------------------
 
 
 async def test_prompt_track_end_to_end(env, tmp_path):
-    job = await run(env, prompt="calm piano", mood="happy", genre="ambient", duration_seconds=5)
+    job = await env.run(prompt="calm piano", mood="happy", genre="ambient", duration_seconds=5)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     (create,) = env.fake.calls("POST", FakeMubert.TRACKS)
     assert create.headers["customer-id"] == CUSTOMER_ID
@@ -110,7 +65,7 @@ async def test_prompt_track_end_to_end(env, tmp_path):
     assert create.json() == {"duration": 5, "format": "mp3", "prompt": "calm piano, happy, ambient"}
     assert len(env.fake.calls("GET", FakeMubert.TRACK)) >= 2  # processing, then done
 
-    artifact, data = await download(env, job.id)
+    artifact, data = await env.download_artifact(job.id)
     assert artifact.size_bytes == len(data) and artifact.sha256 == hashlib.sha256(data).hexdigest()
     path = tmp_path / "track.mp3"
     path.write_bytes(data)
@@ -129,8 +84,7 @@ async def test_prompt_track_end_to_end(env, tmp_path):
 
 
 async def test_playlist_track_with_bpm_key_and_wav(env, tmp_path):
-    job = await run(
-        env,
+    job = await env.run(
         mood="dreamy",
         tempo_bpm=92.4,
         duration_seconds=6,
@@ -155,7 +109,7 @@ async def test_playlist_track_with_bpm_key_and_wav(env, tmp_path):
         "bitrate": 320,
         "key": "Am",
     }
-    artifact, data = await download(env, job.id)
+    artifact, data = await env.download_artifact(job.id)
     assert artifact.content_type == "audio/wav"
     assert abs(artifact.duration_seconds - 6.0) < 0.01
     assert artifact.metadata["playlist_index"] == "1.0.0"
@@ -195,12 +149,7 @@ async def test_what_mubert_cannot_do_is_refused_before_any_call(env):
             await env.stub.GenerateMusic(request(**fields))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = rpc_status.from_call(caught.value)
-        fields_named = []
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(bad):
-                fields_named += [v.field for v in bad.field_violations]
-        assert field in fields_named, status
+        assert field in bad_fields(caught.value), status
         assert env.fake.requests == []
 
 
@@ -208,25 +157,20 @@ async def test_missing_credentials_is_failed_precondition(tmp_path, monkeypatch)
     monkeypatch.delenv("MUBERT_ACCESS_TOKEN", raising=False)
     monkeypatch.delenv("MUBERT_API_KEY", raising=False)
     monkeypatch.setenv("MUBERT_CUSTOMER_ID", CUSTOMER_ID)
-    server = MediagenServer(make_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = music_pb2_grpc.MusicServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GenerateMusic(request(prompt="song"))
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            info = error_info(rpc_status.from_call(caught.value))
-            assert info.reason == "PROVIDER_NOT_CONFIGURED"
-            assert "MUBERT_ACCESS_TOKEN" in caught.value.details()
-            entry = (
-                await catalog_pb2_grpc.CatalogServiceStub(channel).GetProvider(
-                    catalog_pb2.GetProviderRequest(name="mubert", media_type=MUSIC)
-                )
-            ).provider
-            assert not entry.configured and entry.not_configured_reason == "set MUBERT_ACCESS_TOKEN"
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(MediagenServer(make_settings(tmp_path))) as channel:
+        stub = music_pb2_grpc.MusicServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GenerateMusic(request(prompt="song"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        info = error_info(rpc_status.from_call(caught.value))
+        assert info.reason == "PROVIDER_NOT_CONFIGURED"
+        assert "MUBERT_ACCESS_TOKEN" in caught.value.details()
+        entry = (
+            await catalog_pb2_grpc.CatalogServiceStub(channel).GetProvider(
+                catalog_pb2.GetProviderRequest(name="mubert", media_type=MUSIC)
+            )
+        ).provider
+        assert not entry.configured and entry.not_configured_reason == "set MUBERT_ACCESS_TOKEN"
 
 
 async def test_api_key_alias_configures_the_token(tmp_path, monkeypatch):
@@ -264,7 +208,7 @@ async def test_catalog_entry(env):
 
 async def test_bad_credentials_fail_with_auth_error(env):
     env.fake.access_token = "something-else"
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     info = assert_failed(job, code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
     assert info.metadata["httpStatus"] == "401"
     assert ACCESS_TOKEN not in job.error.message
@@ -288,7 +232,7 @@ async def test_licence_errors(env):
         env.fake.fail_next(
             "POST", FakeMubert.TRACKS, FakeMubert.licence_error(code, type="monthly")
         )
-        job = await run(env, prompt="song", duration_seconds=5)
+        job = await env.run(prompt="song", duration_seconds=5)
         info = assert_failed(job, grpc_code, reason)
         assert info.metadata["vendorCode"] == code
         # A create is never repeated.
@@ -301,17 +245,17 @@ async def test_validation_error_carries_the_vendor_message(env):
         FakeMubert.TRACKS,
         FakeMubert.validation_error("duration", "The duration is too long."),
     )
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert_failed(job, code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST")
     assert "The duration is too long." in job.error.message
 
 
 async def test_generation_failed_at_the_vendor(env):
     env.fake.next_outcome = "failed"
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     info = assert_failed(job, code_pb2.ABORTED, "PROVIDER_JOB_FAILED")
     assert info.metadata["vendorStatus"] == "failed"
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
 
 async def test_poll_429_honours_retry_after(env):
@@ -320,7 +264,7 @@ async def test_poll_429_honours_retry_after(env):
         FakeMubert.TRACK,
         rate_limited(retry_after=0.3, body={"message": "Too Many Attempts."}),
     )
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     polls = env.fake.calls("GET", FakeMubert.TRACK)
     assert polls[1].at - polls[0].at >= 0.29
@@ -337,7 +281,7 @@ async def test_poll_429_without_retry_after_and_5xx_are_retried(env):
             malformed_json(),
         ],
     )
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
 
 
@@ -347,7 +291,7 @@ async def test_submit_429_is_not_repeated(env):
         FakeMubert.TRACKS,
         rate_limited(retry_after=7, body={"message": "Too Many Attempts."}),
     )
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert_failed(job, code_pb2.RESOURCE_EXHAUSTED, "PROVIDER_RATE_LIMITED")
     retry = [d for d in job.error.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
     assert retry, "RetryInfo carries the vendor's Retry-After"
@@ -366,16 +310,16 @@ async def test_submit_failures(env):
     for reply, grpc_code, reason in SUBMIT_FAILURES:
         env.provider.http.timeout = httpx.Timeout(0.3)
         env.fake.fail_next("POST", FakeMubert.TRACKS, reply)
-        job = await run(env, prompt="song", duration_seconds=5)
+        job = await env.run(prompt="song", duration_seconds=5)
         assert_failed(job, grpc_code, reason)
-        assert stored_files(env) == []
+        assert env.stored_files() == []
 
 
 async def test_output_url_404_fails_and_stores_nothing(env):
     env.fake.fail_next("GET", FakeMubert.FILE, server_error(404, "gone"), times=5)
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
 
 async def test_output_cut_short_is_fetched_again(env):
@@ -383,9 +327,9 @@ async def test_output_cut_short_is_fetched_again(env):
 
     whole = audio_bytes("mp3", 5.0)
     env.fake.fail_next("GET", FakeMubert.FILE, truncated(whole, len(whole) // 2))
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
-    artifact, data = await download(env, job.id)
+    artifact, data = await env.download_artifact(job.id)
     assert data == whole
     assert len(env.fake.calls("GET", FakeMubert.FILE)) == 2
 
@@ -395,9 +339,9 @@ async def test_output_always_cut_short_fails_and_stores_nothing(env):
 
     whole = audio_bytes("mp3", 5.0)
     env.fake.fail_next("GET", FakeMubert.FILE, truncated(whole, 1000), times=10)
-    job = await run(env, prompt="song", duration_seconds=5)
+    job = await env.run(prompt="song", duration_seconds=5)
     assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
 
 async def test_cancel_stops_polling_without_a_vendor_cancel_call(env):

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import httpx
 import pytest
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc_status import rpc_status
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, music_pb2, music_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, music_pb2, music_pb2_grpc
 from providers.mock.media import probe
 from providers.music.soundraw import SoundrawProvider, tempo_for_bpm
 from providers.retry import RetryPolicy
@@ -30,6 +28,7 @@ from tests.fakes.server import (
     truncated,
 )
 from tests.fakes.soundraw import API_TOKEN, FakeSoundraw
+from tests.helpers import assert_failed, bad_fields, error_info, serving, vendor_env
 
 FAST = RetryPolicy(initial=0.01, maximum=0.02, max_retry_after=2.0, max_attempts=3)
 MUSIC = common_pb2.MEDIA_TYPE_MUSIC
@@ -38,25 +37,22 @@ MUSIC = common_pb2.MEDIA_TYPE_MUSIC
 @pytest.fixture
 async def env(tmp_path, monkeypatch):
     with FakeSoundraw() as fake:
-        monkeypatch.setenv("SOUNDRAW_BASE_URL", fake.url)
-        monkeypatch.setenv("SOUNDRAW_API_KEY", API_TOKEN)
-        server = MediagenServer(make_settings(tmp_path))
-        provider = server.registry.get(MUSIC, "soundraw")
-        provider.http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield SimpleNamespace(
-                    fake=fake,
-                    server=server,
-                    provider=provider,
-                    stub=music_pb2_grpc.MusicServiceStub(channel),
-                    catalog=catalog_pb2_grpc.CatalogServiceStub(channel),
-                    artifacts=Path(server.settings.storage_path),
-                )
-        finally:
-            await server.stop(grace=0.1)
+        variables = {
+            "SOUNDRAW_BASE_URL": fake.url,
+            "SOUNDRAW_API_KEY": API_TOKEN,
+        }
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            MUSIC,
+            "soundraw",
+            variables,
+            retry=FAST,
+            fake=fake,
+            watch_timeout=None,
+            require_end=True,
+        ) as env:
+            yield env
 
 
 def request(**fields) -> music_pb2.GenerateMusicRequest:
@@ -65,47 +61,11 @@ def request(**fields) -> music_pb2.GenerateMusicRequest:
     return msg
 
 
-async def run(env, **fields) -> common_pb2.Job:
-    job = (await env.stub.GenerateMusic(request(**fields))).job
-    watch = env.stub.WatchMusicJob(music_pb2.WatchMusicJobRequest(job_id=job.id))
-    events = [r.event async for r in watch]
-    assert events[-1].type == common_pb2.JOB_EVENT_TYPE_ENDED
-    return events[-1].job
-
-
-async def download(env, job_id: str) -> tuple[common_pb2.Artifact, bytes]:
-    call = env.stub.DownloadMusic(music_pb2.DownloadMusicRequest(job_id=job_id))
-    messages = [m async for m in call]
-    return messages[0].artifact, b"".join(m.data for m in messages)
-
-
-def error_info(status) -> error_details_pb2.ErrorInfo:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError("no ErrorInfo")
-
-
-def assert_failed(job, code: int, reason: str) -> error_details_pb2.ErrorInfo:
-    assert job.state == common_pb2.JOB_STATE_FAILED, job
-    assert job.error.code == code, job.error
-    info = error_info(job.error)
-    assert info.reason == reason, job.error
-    assert not job.artifacts
-    return info
-
-
-def stored_files(env) -> list[Path]:
-    return [p for p in env.artifacts.rglob("*") if p.is_file()] if env.artifacts.exists() else []
-
-
 # --- success ---------------------------------------------------------------------------
 
 
 async def test_compose_end_to_end(env, tmp_path):
-    job = await run(
-        env,
+    job = await env.run(
         mood="happy, dreamy",
         genre="lofi  hip hop",
         theme="corporate",
@@ -123,7 +83,7 @@ async def test_compose_end_to_end(env, tmp_path):
         "tempo": "low",
         "file_format": "mp3",
     }
-    artifact, data = await download(env, job.id)
+    artifact, data = await env.download_artifact(job.id)
     assert artifact.sha256 == hashlib.sha256(data).hexdigest()
     path = tmp_path / "song.mp3"
     path.write_bytes(data)
@@ -146,8 +106,7 @@ def compose_id(env) -> str:
 
 
 async def test_wav_with_tempo_energy_levels_and_stems(env):
-    job = await run(
-        env,
+    job = await env.run(
         genre="Rock",
         duration_seconds=12,
         format="AUDIO_FORMAT_WAV",
@@ -168,7 +127,7 @@ async def test_wav_with_tempo_energy_levels_and_stems(env):
         {"start": 0, "end": 6, "energy": "Low"},
         {"start": 6, "end": 12, "energy": "Very High"},
     ]
-    artifact, _ = await download(env, job.id)
+    artifact, _ = await env.download_artifact(job.id)
     assert artifact.content_type == "audio/wav"
     assert abs(artifact.duration_seconds - 12.0) < 0.01
     assert '"energy":"Very High"' in artifact.metadata["timestamps"]
@@ -228,12 +187,7 @@ async def test_what_soundraw_cannot_do_is_refused(env):
             await env.stub.GenerateMusic(request(**fields))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = rpc_status.from_call(caught.value)
-        named = []
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(bad):
-                named += [v.field for v in bad.field_violations]
-        assert field in named, (fields, status)
+        assert field in bad_fields(caught.value), (fields, status)
         assert env.fake.requests == []
 
 
@@ -261,20 +215,15 @@ async def test_taxonomy_can_be_replaced_from_the_environment(tmp_path, monkeypat
 async def test_missing_key_is_failed_precondition(tmp_path, monkeypatch):
     monkeypatch.delenv("SOUNDRAW_API_KEY", raising=False)
     monkeypatch.delenv("SOUNDRAW_API_TOKEN", raising=False)
-    server = MediagenServer(make_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = music_pb2_grpc.MusicServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GenerateMusic(request(mood="happy"))
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert (
-                error_info(rpc_status.from_call(caught.value)).reason == "PROVIDER_NOT_CONFIGURED"
-            )
-            assert "SOUNDRAW_API_KEY" in caught.value.details()
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(MediagenServer(make_settings(tmp_path))) as channel:
+        stub = music_pb2_grpc.MusicServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GenerateMusic(request(mood="happy"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (
+            error_info(rpc_status.from_call(caught.value)).reason == "PROVIDER_NOT_CONFIGURED"
+        )
+        assert "SOUNDRAW_API_KEY" in caught.value.details()
 
 
 async def test_catalog_entry(env):
@@ -333,12 +282,12 @@ async def test_compose_failures(env):
         env.provider.http.timeout = httpx.Timeout(0.3)
         composes = len(env.fake.calls("POST", FakeSoundraw.COMPOSE))
         env.fake.fail_next("POST", FakeSoundraw.COMPOSE, reply)
-        job = await run(env, mood="happy", duration_seconds=10)
+        job = await env.run(mood="happy", duration_seconds=10)
         assert_failed(job, grpc_code, reason)
         # A paid call is never repeated.
         assert len(env.fake.calls("POST", FakeSoundraw.COMPOSE)) == composes + 1
         assert API_TOKEN not in job.error.message
-        assert stored_files(env) == []
+        assert env.stored_files() == []
 
 
 async def test_validation_error_keeps_the_vendor_message(env):
@@ -347,20 +296,20 @@ async def test_validation_error_keeps_the_vendor_message(env):
         FakeSoundraw.COMPOSE,
         FakeSoundraw.invalid("themes", "The selected themes is invalid."),
     )
-    job = await run(env, mood="happy", duration_seconds=10)
+    job = await env.run(mood="happy", duration_seconds=10)
     assert_failed(job, code_pb2.INVALID_ARGUMENT, "PROVIDER_INVALID_REQUEST")
     assert "themes: The selected themes is invalid." in job.error.message
 
 
 async def test_answer_without_a_file_url(env):
     env.fake.omit_url = True
-    job = await run(env, mood="happy", duration_seconds=10)
+    job = await env.run(mood="happy", duration_seconds=10)
     assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_BAD_RESPONSE")
 
 
 async def test_download_429_honours_retry_after(env):
     env.fake.fail_next("GET", FakeSoundraw.FILE, rate_limited(retry_after=0.3))
-    job = await run(env, mood="happy", duration_seconds=10)
+    job = await env.run(mood="happy", duration_seconds=10)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     first, second = env.fake.calls("GET", FakeSoundraw.FILE)
     assert second.at - first.at >= 0.29
@@ -371,9 +320,9 @@ async def test_download_5xx_and_cut_short_are_fetched_again(env):
     env.fake.script(
         "GET", FakeSoundraw.FILE, [server_error(503), truncated(whole, len(whole) // 3)]
     )
-    job = await run(env, mood="happy", duration_seconds=10)
+    job = await env.run(mood="happy", duration_seconds=10)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
-    _, data = await download(env, job.id)
+    _, data = await env.download_artifact(job.id)
     assert data == whole
 
 
@@ -384,9 +333,9 @@ async def test_download_404_or_always_cut_short_fails_and_stores_nothing(env, ti
         env.fake.fail_next("GET", FakeSoundraw.FILE, error_reply(404, "Not Found"))
     else:
         env.fake.fail_next("GET", FakeSoundraw.FILE, truncated(whole, 2000), times=times)
-    job = await run(env, mood="happy", duration_seconds=10)
+    job = await env.run(mood="happy", duration_seconds=10)
     assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
 
 async def test_cancel_during_the_synchronous_compose(env):
@@ -400,4 +349,4 @@ async def test_cancel_during_the_synchronous_compose(env):
     assert cancelled.state == common_pb2.JOB_STATE_CANCELLED
     # Soundraw has no cancel call: the only request it saw is the compose.
     assert [(r.method, r.path) for r in env.fake.requests] == [("POST", FakeSoundraw.COMPOSE)]
-    assert stored_files(env) == []
+    assert env.stored_files() == []

@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from types import SimpleNamespace
 
 import grpc
 import httpx
 import pytest
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc_status import rpc_status
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, music_pb2, music_pb2_grpc
+from mediagen.v1 import catalog_pb2, common_pb2, music_pb2, music_pb2_grpc
 from providers.mock.media import probe
 from providers.retry import RetryPolicy
 from server.app import MediagenServer
@@ -21,6 +19,7 @@ from tests.conftest import make_settings
 from tests.fakes.mubert import audio_bytes
 from tests.fakes.server import dropped, malformed_json, rate_limited, server_error, slow, truncated
 from tests.fakes.suno import API_KEY, FakeSuno
+from tests.helpers import assert_failed, bad_fields, error_info, serving, vendor_env
 
 FAST = RetryPolicy(initial=0.01, maximum=0.02, max_retry_after=2.0, max_attempts=3)
 MUSIC = common_pb2.MEDIA_TYPE_MUSIC
@@ -30,27 +29,24 @@ LYRICS = "[Verse]\nHello night city\nNeon on the rain\n[Chorus]\nWe run, we run"
 @pytest.fixture
 async def env(tmp_path, monkeypatch):
     with FakeSuno() as fake:
-        monkeypatch.setenv("SUNO_BASE_URL", fake.url)
-        monkeypatch.setenv("SUNO_API_KEY", API_KEY)
-        monkeypatch.setenv("SUNO_CALLBACK_URL", "https://hooks.example.com/suno")
-        monkeypatch.setenv("SUNO_CREDIT_PRICE_USD", "0.005")
-        server = MediagenServer(make_settings(tmp_path))
-        provider = server.registry.get(MUSIC, "suno")
-        provider.http.retry = FAST
-        server.runner.output_retry = FAST
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                yield SimpleNamespace(
-                    fake=fake,
-                    server=server,
-                    provider=provider,
-                    stub=music_pb2_grpc.MusicServiceStub(channel),
-                    catalog=catalog_pb2_grpc.CatalogServiceStub(channel),
-                    artifacts=Path(server.settings.storage_path),
-                )
-        finally:
-            await server.stop(grace=0.1)
+        variables = {
+            "SUNO_BASE_URL": fake.url,
+            "SUNO_API_KEY": API_KEY,
+            "SUNO_CALLBACK_URL": "https://hooks.example.com/suno",
+            "SUNO_CREDIT_PRICE_USD": "0.005",
+        }
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            MUSIC,
+            "suno",
+            variables,
+            retry=FAST,
+            fake=fake,
+            watch_timeout=None,
+            require_end=True,
+        ) as env:
+            yield env
 
 
 def request(**fields) -> music_pb2.GenerateMusicRequest:
@@ -60,42 +56,7 @@ def request(**fields) -> music_pb2.GenerateMusicRequest:
 
 
 async def events_of(env, **fields) -> list[common_pb2.JobEvent]:
-    job = (await env.stub.GenerateMusic(request(**fields))).job
-    watch = env.stub.WatchMusicJob(music_pb2.WatchMusicJobRequest(job_id=job.id))
-    events = [r.event async for r in watch]
-    assert events[-1].type == common_pb2.JOB_EVENT_TYPE_ENDED
-    return events
-
-
-async def run(env, **fields) -> common_pb2.Job:
-    return (await events_of(env, **fields))[-1].job
-
-
-async def download(env, job_id: str) -> tuple[common_pb2.Artifact, bytes]:
-    call = env.stub.DownloadMusic(music_pb2.DownloadMusicRequest(job_id=job_id))
-    messages = [m async for m in call]
-    return messages[0].artifact, b"".join(m.data for m in messages)
-
-
-def error_info(status) -> error_details_pb2.ErrorInfo:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError("no ErrorInfo")
-
-
-def assert_failed(job, code: int, reason: str) -> error_details_pb2.ErrorInfo:
-    assert job.state == common_pb2.JOB_STATE_FAILED, job
-    assert job.error.code == code, job.error
-    info = error_info(job.error)
-    assert info.reason == reason, job.error
-    assert not job.artifacts
-    return info
-
-
-def stored_files(env) -> list[Path]:
-    return [p for p in env.artifacts.rglob("*") if p.is_file()] if env.artifacts.exists() else []
+    return await env.events((await env.generate(**fields)).id)
 
 
 # --- success --------------------------------------------------------------------------
@@ -135,7 +96,7 @@ async def test_description_mode_end_to_end(env, tmp_path):
     ) in seen
 
     (artifact,) = job.artifacts
-    _, data = await download(env, job.id)
+    _, data = await env.download_artifact(job.id)
     path = tmp_path / "clip.mp3"
     path.write_bytes(data)
     assert probe(path).content_type == artifact.content_type == "audio/mpeg"
@@ -154,8 +115,7 @@ async def test_description_mode_end_to_end(env, tmp_path):
 
 
 async def test_lyrics_select_custom_mode(env):
-    job = await run(
-        env,
+    job = await env.run(
         lyrics=LYRICS,
         genre="synth rock",
         mood="dark",
@@ -181,8 +141,7 @@ async def test_lyrics_select_custom_mode(env):
 
 
 async def test_custom_instrumental_from_style_and_title(env):
-    job = await run(
-        env,
+    job = await env.run(
         prompt="slow piano",
         instrumental=True,
         provider_options={"style": "classical", "title": "Rain"},
@@ -196,7 +155,7 @@ async def test_custom_instrumental_from_style_and_title(env):
 
 async def test_callback_exception_with_clips_is_a_success(env):
     env.fake.next_outcome = "CALLBACK_EXCEPTION"
-    job = await run(env, prompt="lofi beat")
+    job = await env.run(prompt="lofi beat")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
 
 
@@ -242,12 +201,7 @@ async def test_what_suno_cannot_do_is_refused(env):
             await env.stub.GenerateMusic(request(**fields))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = rpc_status.from_call(caught.value)
-        named = []
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(bad):
-                named += [v.field for v in bad.field_violations]
-        assert field in named, (fields, status)
+        assert field in bad_fields(caught.value), (fields, status)
         assert env.fake.requests == []
 
 
@@ -264,20 +218,15 @@ async def test_not_configured_without_a_gateway_and_key(tmp_path, monkeypatch, v
         monkeypatch.delenv(name, raising=False)
     for name, value in variables.items():
         monkeypatch.setenv(name, value)
-    server = MediagenServer(make_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = music_pb2_grpc.MusicServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GenerateMusic(request(prompt="song"))
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert (
-                error_info(rpc_status.from_call(caught.value)).reason == "PROVIDER_NOT_CONFIGURED"
-            )
-            assert expected in caught.value.details()
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(MediagenServer(make_settings(tmp_path))) as channel:
+        stub = music_pb2_grpc.MusicServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GenerateMusic(request(prompt="song"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (
+            error_info(rpc_status.from_call(caught.value)).reason == "PROVIDER_NOT_CONFIGURED"
+        )
+        assert expected in caught.value.details()
 
 
 async def test_catalog_entry(env):
@@ -324,7 +273,7 @@ async def test_gateway_error_codes_on_submit(env, envelope_only):
     for code, msg, grpc_code, reason in GATEWAY_ERRORS:
         submits = len(env.fake.calls("POST", FakeSuno.GENERATE))
         env.fake.fail_next("POST", FakeSuno.GENERATE, env.fake.error(code, msg))
-        job = await run(env, prompt="song")
+        job = await env.run(prompt="song")
         assert_failed(job, grpc_code, reason)
         assert msg in job.error.message
         assert len(env.fake.calls("POST", FakeSuno.GENERATE)) == submits + 1
@@ -332,7 +281,7 @@ async def test_gateway_error_codes_on_submit(env, envelope_only):
 
 async def test_bad_key_fails_with_auth_error(env):
     env.fake.key = "another-key"
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     assert_failed(job, code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
     assert API_KEY not in job.error.message
 
@@ -349,7 +298,7 @@ async def test_submit_transport_failures(env):
     for reply, grpc_code, reason in TRANSPORT_FAILURES:
         env.provider.http.timeout = httpx.Timeout(0.3)
         env.fake.fail_next("POST", FakeSuno.GENERATE, reply)
-        job = await run(env, prompt="song")
+        job = await env.run(prompt="song")
         assert_failed(job, grpc_code, reason)
 
 
@@ -359,7 +308,7 @@ async def test_poll_retries_honour_retry_after(env):
         FakeSuno.RECORD_INFO,
         [rate_limited(retry_after=0.3, body={"code": 429, "msg": "Too many requests"})],
     )
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     first, second = env.fake.calls("GET", FakeSuno.RECORD_INFO)[:2]
     assert second.at - first.at >= 0.29
@@ -376,13 +325,13 @@ async def test_poll_430_5xx_and_malformed_are_retried(env):
             server_error(503),
         ],
     )
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
 
 
 async def test_generation_failed(env):
     env.fake.next_outcome = "GENERATE_AUDIO_FAILED"
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     info = assert_failed(job, code_pb2.ABORTED, "PROVIDER_JOB_FAILED")
     assert info.metadata["vendorStatus"] == "GENERATE_AUDIO_FAILED"
     assert "fake failure: GENERATE_AUDIO_FAILED" in job.error.message
@@ -390,22 +339,22 @@ async def test_generation_failed(env):
 
 async def test_moderation_failure_is_content_rejected(env):
     env.fake.next_outcome = "SENSITIVE_WORD_ERROR"
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     assert_failed(job, code_pb2.INVALID_ARGUMENT, "CONTENT_REJECTED")
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
 
 async def test_output_404_fails_and_cut_short_is_fetched_again(env):
     env.fake.fail_next("GET", FakeSuno.FILE, server_error(404, "Not Found"))
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
     whole = audio_bytes("mp3", 3.0)
     env.fake.fail_next("GET", FakeSuno.FILE, truncated(whole, len(whole) // 2))
-    job = await run(env, prompt="song")
+    job = await env.run(prompt="song")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
-    _, data = await download(env, job.id)
+    _, data = await env.download_artifact(job.id)
     assert data == whole
 
 

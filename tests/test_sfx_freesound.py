@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from types import SimpleNamespace
+import contextlib
 
 import grpc
 import httpx
 import pytest
 from google.protobuf import json_format
-from google.rpc import code_pb2, error_details_pb2
+from google.rpc import code_pb2
 from grpc_status import rpc_status
 
 from mediagen.v1 import (
     catalog_pb2,
-    catalog_pb2_grpc,
     common_pb2,
     sound_effect_pb2,
     sound_effect_pb2_grpc,
@@ -27,100 +25,52 @@ from tests.conftest import make_settings
 from tests.fakes.freesound import API_KEY, OAUTH_TOKEN, FakeFreesound
 from tests.fakes.mubert import audio_bytes
 from tests.fakes.server import dropped, malformed_json, rate_limited, server_error, slow, truncated
+from tests.helpers import assert_failed, bad_fields, error_info, serving, vendor_env
 
 FAST = RetryPolicy(initial=0.01, maximum=0.02, max_retry_after=2.0, max_attempts=3)
 SFX = common_pb2.MEDIA_TYPE_SOUND_EFFECT
 
 
+@contextlib.asynccontextmanager
 async def _env(tmp_path, monkeypatch, oauth: bool):
-    fake = FakeFreesound().start()
-    monkeypatch.setenv("FREESOUND_BASE_URL", fake.base_url)
-    monkeypatch.setenv("FREESOUND_API_KEY", API_KEY)
-    if oauth:
-        monkeypatch.setenv("FREESOUND_OAUTH_TOKEN", OAUTH_TOKEN)
-    else:
-        monkeypatch.delenv("FREESOUND_OAUTH_TOKEN", raising=False)
-        monkeypatch.delenv("FREESOUND_ACCESS_TOKEN", raising=False)
-    server = MediagenServer(make_settings(tmp_path))
-    provider = server.registry.get(SFX, "freesound")
-    provider.http.retry = FAST
-    server.runner.output_retry = FAST
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    env = SimpleNamespace(
-        fake=fake,
-        server=server,
-        provider=provider,
-        channel=channel,
-        stub=sound_effect_pb2_grpc.SoundEffectServiceStub(channel),
-        catalog=catalog_pb2_grpc.CatalogServiceStub(channel),
-        artifacts=Path(server.settings.storage_path),
-    )
-    return env
-
-
-async def _close(env) -> None:
-    await env.channel.close()
-    await env.server.stop(grace=0.1)
-    env.fake.stop()
+    with FakeFreesound() as fake:
+        variables = {"FREESOUND_BASE_URL": fake.base_url, "FREESOUND_API_KEY": API_KEY}
+        unset: tuple[str, ...] = ()
+        if oauth:
+            variables["FREESOUND_OAUTH_TOKEN"] = OAUTH_TOKEN
+        else:
+            unset = ("FREESOUND_OAUTH_TOKEN", "FREESOUND_ACCESS_TOKEN")
+        async with vendor_env(
+            monkeypatch,
+            tmp_path,
+            SFX,
+            "freesound",
+            variables,
+            unset=unset,
+            retry=FAST,
+            fake=fake,
+            watch_timeout=None,
+            require_end=True,
+        ) as env:
+            yield env
 
 
 @pytest.fixture
 async def env(tmp_path, monkeypatch):
-    env = await _env(tmp_path, monkeypatch, oauth=False)
-    try:
+    async with _env(tmp_path, monkeypatch, oauth=False) as env:
         yield env
-    finally:
-        await _close(env)
 
 
 @pytest.fixture
 async def oauth_env(tmp_path, monkeypatch):
-    env = await _env(tmp_path, monkeypatch, oauth=True)
-    try:
+    async with _env(tmp_path, monkeypatch, oauth=True) as env:
         yield env
-    finally:
-        await _close(env)
 
 
 def request(**fields) -> sound_effect_pb2.GenerateSoundEffectRequest:
     msg = sound_effect_pb2.GenerateSoundEffectRequest()
     json_format.ParseDict({"provider": "freesound", **fields}, msg)
     return msg
-
-
-async def run(env, **fields) -> common_pb2.Job:
-    job = (await env.stub.GenerateSoundEffect(request(**fields))).job
-    watch = env.stub.WatchSoundEffectJob(sound_effect_pb2.WatchSoundEffectJobRequest(job_id=job.id))
-    events = [r.event async for r in watch]
-    assert events[-1].type == common_pb2.JOB_EVENT_TYPE_ENDED
-    return events[-1].job
-
-
-async def download(env, job_id: str) -> bytes:
-    call = env.stub.DownloadSoundEffect(sound_effect_pb2.DownloadSoundEffectRequest(job_id=job_id))
-    return b"".join([m.data async for m in call])
-
-
-def error_info(status) -> error_details_pb2.ErrorInfo:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info
-    raise AssertionError("no ErrorInfo")
-
-
-def assert_failed(job, code: int, reason: str) -> error_details_pb2.ErrorInfo:
-    assert job.state == common_pb2.JOB_STATE_FAILED, job
-    assert job.error.code == code, job.error
-    info = error_info(job.error)
-    assert info.reason == reason, job.error
-    assert not job.artifacts
-    return info
-
-
-def stored_files(env) -> list[Path]:
-    return [p for p in env.artifacts.rglob("*") if p.is_file()] if env.artifacts.exists() else []
 
 
 def searches(env):
@@ -131,7 +81,7 @@ def searches(env):
 
 
 async def test_preview_end_to_end_with_licence_and_attribution(env, tmp_path):
-    job = await run(env, prompt="door slam", duration_seconds=2)
+    job = await env.run(prompt="door slam", duration_seconds=2)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     (search,) = searches(env)
     assert search.headers["authorization"] == f"Token {API_KEY}"
@@ -145,7 +95,7 @@ async def test_preview_end_to_end_with_licence_and_attribution(env, tmp_path):
     assert preview.path == "/previews/1001-hq.mp3"
 
     (artifact,) = job.artifacts
-    data = await download(env, job.id)
+    data = await env.download(job.id)
     path = tmp_path / "sfx.mp3"
     path.write_bytes(data)
     info = probe(path)
@@ -170,7 +120,7 @@ async def test_preview_end_to_end_with_licence_and_attribution(env, tmp_path):
 
 
 async def test_commercial_use_only_excludes_non_commercial_licences(env):
-    job = await run(env, prompt="door slam", duration_seconds=2, commercial_use_only=True)
+    job = await env.run(prompt="door slam", duration_seconds=2, commercial_use_only=True)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert searches(env)[0].arg("filter") == (
         'duration:[1 TO 3] license:("Attribution" OR "Creative Commons 0")'
@@ -184,30 +134,30 @@ async def test_commercial_use_only_excludes_non_commercial_licences(env):
 
 async def test_results_are_checked_again_on_their_licence(env):
     env.fake.ignore_license_filter = True  # the search lets NC and Sampling+ sounds through
-    job = await run(env, prompt="door", duration_seconds=1.2, commercial_use_only=True)
+    job = await env.run(prompt="door", duration_seconds=1.2, commercial_use_only=True)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     # 1001 is NC and 1005 (1.0 s, closest) is Sampling+: both skipped.
     assert job.artifacts[0].metadata["freesound_sound_id"] == "1003"
 
 
 async def test_without_a_duration_the_most_relevant_short_sound_wins(env):
-    job = await run(env, prompt="door", provider_options={"filter": "tag:wood"})
+    job = await env.run(prompt="door", provider_options={"filter": "tag:wood"})
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert searches(env)[0].arg("filter") == "duration:[0 TO 30] tag:wood"
     assert job.artifacts[0].metadata["freesound_sound_id"] == "1002"
 
 
 async def test_no_matching_sound_is_not_found(env):
-    job = await run(env, prompt="spaceship engine", duration_seconds=3)
+    job = await env.run(prompt="spaceship engine", duration_seconds=3)
     info = assert_failed(job, code_pb2.NOT_FOUND, "NO_MATCHING_SOUND")
     assert info.metadata["query"] == "spaceship engine"
     assert info.metadata["filter"] == "duration:[1.5 TO 4.5]"
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
 
 async def test_original_download_with_oauth(oauth_env, tmp_path):
     env = oauth_env
-    job = await run(env, prompt="door slam", duration_seconds=2, format="AUDIO_FORMAT_WAV")
+    job = await env.run(prompt="door slam", duration_seconds=2, format="AUDIO_FORMAT_WAV")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert searches(env)[0].arg("filter") == "duration:[1 TO 3] type:wav"
     (fetch,) = env.fake.calls("GET", FakeFreesound.DOWNLOAD)
@@ -217,34 +167,34 @@ async def test_original_download_with_oauth(oauth_env, tmp_path):
     (artifact,) = job.artifacts
     assert artifact.content_type == "audio/wav" and abs(artifact.duration_seconds - 2.0) < 0.01
     assert artifact.metadata["source"] == "original" and artifact.metadata["original_type"] == "wav"
-    data = await download(env, job.id)
+    data = await env.download(job.id)
     assert data == audio_bytes("wav", 2.0, "sound_effect")
 
 
 async def test_oauth_flac_and_preview_fallbacks(oauth_env):
     env = oauth_env
-    job = await run(env, prompt="rain", duration_seconds=12, format="AUDIO_FORMAT_FLAC")
+    job = await env.run(prompt="rain", duration_seconds=12, format="AUDIO_FORMAT_FLAC")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.artifacts[0].content_type == "audio/flac"
     # An AIFF original cannot be stored as such: the MP3 preview is taken instead.
-    job = await run(env, prompt="door slam metal")
+    job = await env.run(prompt="door slam metal")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert job.artifacts[0].metadata["source"] == "preview-hq-mp3"
     # format mp3 with a wav original: the preview too.
-    job = await run(env, prompt="door slam wooden", format="AUDIO_FORMAT_MP3")
+    job = await env.run(prompt="door slam wooden", format="AUDIO_FORMAT_MP3")
     assert job.artifacts[0].metadata["source"] == "preview-hq-mp3"
     # provider_options.preview forces it.
-    job = await run(env, prompt="rain", provider_options={"preview": True})
+    job = await env.run(prompt="rain", provider_options={"preview": True})
     assert job.artifacts[0].metadata["source"] == "preview-hq-mp3"
     assert len(env.fake.calls("GET", FakeFreesound.DOWNLOAD)) == 1
 
 
 async def test_expired_oauth_token_fails_with_auth_error(oauth_env):
     oauth_env.fake.oauth_token = "a-newer-token"
-    job = await run(oauth_env, prompt="door slam", duration_seconds=2, format="AUDIO_FORMAT_WAV")
+    job = await oauth_env.run(prompt="door slam", duration_seconds=2, format="AUDIO_FORMAT_WAV")
     assert_failed(job, code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
     assert OAUTH_TOKEN not in job.error.message
-    assert stored_files(oauth_env) == []
+    assert oauth_env.stored_files() == []
 
 
 def test_licence_names():
@@ -289,32 +239,22 @@ async def test_what_freesound_cannot_do_is_refused(env):
             await env.stub.GenerateSoundEffect(request(prompt="door slam", **fields))
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         status = rpc_status.from_call(caught.value)
-        named = []
-        for detail in status.details:
-            bad = error_details_pb2.BadRequest()
-            if detail.Unpack(bad):
-                named += [v.field for v in bad.field_violations]
-        assert field in named, (fields, status)
+        assert field in bad_fields(caught.value), (fields, status)
         assert words in caught.value.details()
         assert env.fake.requests == []
 
 
 async def test_missing_key_is_failed_precondition(tmp_path, monkeypatch):
     monkeypatch.delenv("FREESOUND_API_KEY", raising=False)
-    server = MediagenServer(make_settings(tmp_path))
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = sound_effect_pb2_grpc.SoundEffectServiceStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.GenerateSoundEffect(request(prompt="door slam"))
-            assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert (
-                error_info(rpc_status.from_call(caught.value)).reason == "PROVIDER_NOT_CONFIGURED"
-            )
-            assert "FREESOUND_API_KEY" in caught.value.details()
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(MediagenServer(make_settings(tmp_path))) as channel:
+        stub = sound_effect_pb2_grpc.SoundEffectServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GenerateSoundEffect(request(prompt="door slam"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (
+            error_info(rpc_status.from_call(caught.value)).reason == "PROVIDER_NOT_CONFIGURED"
+        )
+        assert "FREESOUND_API_KEY" in caught.value.details()
 
 
 async def test_catalog_entries(env, oauth_env):
@@ -336,7 +276,7 @@ async def test_catalog_entries(env, oauth_env):
 
 async def test_bad_key(env):
     env.fake.key = "another-key"
-    job = await run(env, prompt="door slam")
+    job = await env.run(prompt="door slam")
     assert_failed(job, code_pb2.FAILED_PRECONDITION, "PROVIDER_AUTH_FAILED")
     assert "Invalid token." in job.error.message and API_KEY not in job.error.message
 
@@ -345,7 +285,7 @@ async def test_search_429_honours_retry_after(env):
     env.fake.fail_next(
         "GET", FakeFreesound.SEARCH, rate_limited(retry_after=0.3, body={"detail": "slow down"})
     )
-    job = await run(env, prompt="door slam")
+    job = await env.run(prompt="door slam")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     first, second = searches(env)
     assert second.at - first.at >= 0.29
@@ -356,7 +296,7 @@ async def test_search_429_without_retry_after_and_5xx_are_retried(env):
         "detail": "Request was throttled because of exceeding a request limit rate (60/minute)"
     }
     env.fake.script("GET", FakeFreesound.SEARCH, [rate_limited(body=throttled), server_error(503)])
-    job = await run(env, prompt="door slam")
+    job = await env.run(prompt="door slam")
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
     assert len(searches(env)) == 3
 
@@ -364,7 +304,7 @@ async def test_search_429_without_retry_after_and_5xx_are_retried(env):
 async def test_daily_limit_is_out_of_credit_and_not_retried(env):
     daily = {"detail": "Request was throttled because of exceeding a request limit rate (2000/day)"}
     env.fake.fail_next("GET", FakeFreesound.SEARCH, rate_limited(body=daily))
-    job = await run(env, prompt="door slam")
+    job = await env.run(prompt="door slam")
     assert_failed(job, code_pb2.RESOURCE_EXHAUSTED, "PROVIDER_OUT_OF_CREDIT")
     assert len(searches(env)) == 1
 
@@ -386,22 +326,22 @@ async def test_search_failures(env):
     for reply, grpc_code, reason in SEARCH_FAILURES:
         env.provider.http.timeout = httpx.Timeout(0.2)
         env.fake.fail_next("GET", FakeFreesound.SEARCH, reply, times=3)
-        job = await run(env, prompt="door slam")
+        job = await env.run(prompt="door slam")
         assert_failed(job, grpc_code, reason)
-        assert stored_files(env) == []
+        assert env.stored_files() == []
 
 
 async def test_preview_404_fails_and_cut_short_is_fetched_again(env):
     env.fake.fail_next("GET", FakeFreesound.PREVIEW, server_error(404, "Not Found"))
-    job = await run(env, prompt="door slam", duration_seconds=2)
+    job = await env.run(prompt="door slam", duration_seconds=2)
     assert_failed(job, code_pb2.UNAVAILABLE, "PROVIDER_OUTPUT_UNAVAILABLE")
-    assert stored_files(env) == []
+    assert env.stored_files() == []
 
     whole = audio_bytes("mp3", 2.0, "sound_effect")
     env.fake.fail_next("GET", FakeFreesound.PREVIEW, truncated(whole, 500))
-    job = await run(env, prompt="door slam", duration_seconds=2)
+    job = await env.run(prompt="door slam", duration_seconds=2)
     assert job.state == common_pb2.JOB_STATE_SUCCEEDED, job.error
-    assert await download(env, job.id) == whole
+    assert await env.download(job.id) == whole
 
 
 async def test_cancel_during_a_slow_search(env):
