@@ -8,12 +8,10 @@ import io
 import os
 from urllib.parse import parse_qs, urlsplit
 
-import grpc
 import httpx
 import pytest
 from botocore.exceptions import ClientError
 from google.protobuf import duration_pb2, json_format
-from PIL import Image
 
 from mediagen.v1 import common_pb2
 from providers.errors import InvalidStorageKey, NotFound, OutputTooLarge, StorageError
@@ -21,6 +19,7 @@ from providers.mock.media import probe
 from providers.storage.s3 import MAX_PRESIGN_SECONDS, S3Storage
 from server.app import MediagenServer
 from tests.conftest import make_settings
+from tests.helpers import png, serving
 from tests.s3_emulator import S3Emulator, s3_emulator  # noqa: F401 - the fixture
 from tests.test_server_e2e import MEDIA, Api
 
@@ -137,14 +136,13 @@ async def test_presigned_url_fetches_the_object(storage):
 
 
 async def test_open_file_is_seekable_for_probing(storage):
-    buffer = io.BytesIO()
-    Image.new("RGB", (320, 200), (10, 200, 90)).save(buffer, "PNG")
-    await storage.write("img/0.png", chunks_of(buffer.getvalue(), 1000), content_type="image/png")
+    image = png(320, 200)
+    await storage.write("img/0.png", chunks_of(image, 1000), content_type="image/png")
     with storage.open_file("img/0.png") as handle:
         info = probe(handle, content_type_hint="image/png")
         assert (info.width, info.height) == (320, 200)
         handle.seek(-4, io.SEEK_END)
-        assert handle.read() == buffer.getvalue()[-4:]
+        assert handle.read() == image[-4:]
         handle.seek(1)
         assert handle.read(3) == b"PNG" and handle.tell() == 4
     with pytest.raises(NotFound):
@@ -204,11 +202,8 @@ async def s3_server(s3_emulator, bucket, tmp_path):  # noqa: F811
         s3_path_style=True,
     )
     server = MediagenServer(settings)
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
-    yield server, channel
-    await channel.close()
-    await server.stop(grace=0.1)
+    async with serving(server) as channel:
+        yield server, channel
 
 
 @pytest.mark.parametrize("noun", list(MEDIA))
