@@ -7,67 +7,29 @@ import contextlib
 import os
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
-from google.protobuf import json_format
-from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from mediagen.v1 import (
-    catalog_pb2,
-    catalog_pb2_grpc,
-    common_pb2,
-    sound_effect_pb2,
-    sound_effect_pb2_grpc,
-    speech_pb2,
-    speech_pb2_grpc,
-)
+from mediagen.v1 import catalog_pb2, common_pb2
 from providers.mock.media import MediaInfo, probe
 from providers.retry import RetryPolicy
 from providers.speech_text import VOICE_PRESETS
 from server.app import MediagenServer
 from tests.conftest import make_settings
+from tests.helpers import Env, error_reason, serving
+from tests.helpers import assert_failed as failed_with
+from tests.helpers import bad_fields as bad_fields  # for the speech tests
+from tests.helpers import retry_delay as retry_delay  # for the speech tests
 
 SPEECH = common_pb2.MEDIA_TYPE_SPEECH
 SOUND_EFFECT = common_pb2.MEDIA_TYPE_SOUND_EFFECT
 FAST = RetryPolicy(initial=0.01, maximum=0.05, max_retry_after=5.0, max_attempts=3)
 Code = grpc.StatusCode
-
-_SERVICES = {
-    SPEECH: (speech_pb2, speech_pb2_grpc, "Speech"),
-    SOUND_EFFECT: (sound_effect_pb2, sound_effect_pb2_grpc, "SoundEffect"),
-}
-
-
-def error_reason(status) -> tuple[str, dict[str, str]]:
-    for detail in status.details:
-        info = error_details_pb2.ErrorInfo()
-        if detail.Unpack(info):
-            return info.reason, dict(info.metadata)
-    raise AssertionError("no ErrorInfo")
-
-
-def retry_delay(status) -> float | None:
-    for detail in status.details:
-        info = error_details_pb2.RetryInfo()
-        if detail.Unpack(info):
-            return info.retry_delay.ToNanoseconds() / 1e9
-    return None
-
-
-def bad_fields(err: grpc.aio.AioRpcError) -> list[str]:
-    fields = []
-    for detail in rpc_status.from_call(err).details:
-        bad = error_details_pb2.BadRequest()
-        if detail.Unpack(bad):
-            fields += [v.field for v in bad.field_violations]
-    return fields
-
 
 def probe_bytes(data: bytes, content_type: str = "") -> MediaInfo:
     fd, path = tempfile.mkstemp(prefix="speech-test-")
@@ -79,67 +41,6 @@ def probe_bytes(data: bytes, content_type: str = "") -> MediaInfo:
         os.unlink(path)
 
 
-@dataclass
-class Env:
-    """A MediagenServer with one vendor fake behind it, and gRPC stubs to it."""
-
-    server: MediagenServer
-    channel: grpc.aio.Channel
-    media_type: int
-    provider_name: str
-    data_dir: Path
-    fake: Any = None
-
-    @property
-    def pb2(self):
-        return _SERVICES[self.media_type][0]
-
-    @property
-    def noun(self) -> str:
-        return _SERVICES[self.media_type][2]
-
-    @property
-    def stub(self):
-        pb2_grpc = _SERVICES[self.media_type][1]
-        return getattr(pb2_grpc, f"{self.noun}ServiceStub")(self.channel)
-
-    @property
-    def catalog(self) -> catalog_pb2_grpc.CatalogServiceStub:
-        return catalog_pb2_grpc.CatalogServiceStub(self.channel)
-
-    @property
-    def provider(self):
-        return self.server.registry.get(self.media_type, self.provider_name)
-
-    async def generate(self, **fields) -> common_pb2.Job:
-        request = getattr(self.pb2, f"Generate{self.noun}Request")()
-        json_format.ParseDict({"provider": self.provider_name, **fields}, request)
-        return (await getattr(self.stub, f"Generate{self.noun}")(request)).job
-
-    async def wait(self, job_id: str) -> common_pb2.Job:
-        request = getattr(self.pb2, f"Watch{self.noun}JobRequest")(job_id=job_id)
-        call = getattr(self.stub, f"Watch{self.noun}Job")(request, timeout=20)
-        return [r.event async for r in call][-1].job
-
-    async def run(self, **fields) -> common_pb2.Job:
-        return await self.wait((await self.generate(**fields)).id)
-
-    async def cancel(self, job_id: str) -> common_pb2.Job:
-        request = getattr(self.pb2, f"Cancel{self.noun}JobRequest")(job_id=job_id)
-        return (await getattr(self.stub, f"Cancel{self.noun}Job")(request)).job
-
-    async def download(self, job_id: str) -> bytes:
-        request = getattr(self.pb2, f"Download{self.noun}Request")(job_id=job_id)
-        call = getattr(self.stub, f"Download{self.noun}")(request)
-        return b"".join([m.data async for m in call])
-
-    def stored_files(self, job_id: str = "") -> list[Path]:
-        """Files in storage (of one job when ``job_id`` is given), half-written ones included."""
-        root = self.data_dir / "artifacts"
-        files = [p for p in root.rglob("*") if p.is_file()] if root.exists() else []
-        return [p for p in files if job_id in p.as_posix()]
-
-
 @contextlib.asynccontextmanager
 async def running(tmp_path: Path, media_type: int, provider_name: str, **settings):
     """Start a MediagenServer (the environment must already point at the fake).
@@ -149,12 +50,8 @@ async def running(tmp_path: Path, media_type: int, provider_name: str, **setting
     settings.setdefault("circuit_threshold", 1_000_000)
     server = MediagenServer(make_settings(tmp_path, **settings))
     server.runner.output_retry = FAST
-    await server.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield Env(server, channel, media_type, provider_name, tmp_path / "data")
-    finally:
-        await server.stop(grace=0.1)
+    async with serving(server) as channel:
+        yield Env(server, channel, media_type, provider_name)
 
 
 @contextlib.asynccontextmanager
@@ -179,12 +76,8 @@ async def vendor_server(
 
 
 def assert_failed(job: common_pb2.Job, code: grpc.StatusCode, reason: str) -> dict[str, str]:
-    assert job.state == common_pb2.JOB_STATE_FAILED, job
-    assert job.error.code == code.value[0], job.error
-    got, metadata = error_reason(job.error)
-    assert got == reason, job.error
-    assert not job.artifacts
-    return metadata
+    """helpers.assert_failed, answering the ErrorInfo metadata."""
+    return dict(failed_with(job, code, reason).metadata)
 
 
 # --- every speech provider ----------------------------------------------------------------
