@@ -1,7 +1,7 @@
 """The durable job store: jobs, their events and idempotency keys.
 
-``JobStore`` is the interface a shared database can implement for several
-replicas; ``SQLiteJobStore`` is the embedded default. SQLite runs in WAL mode
+``JobStore`` is the interface; ``SQLiteJobStore`` is the embedded default and
+``server.pgstore.PostgresJobStore`` the shared one (several replicas). SQLite runs in WAL mode
 with synchronous=NORMAL: a commit survives the process being killed (-9), and
 only a power loss can take back the last few commits. Queries are short and
 run on the event loop thread; there is one connection and one writer.
@@ -64,6 +64,15 @@ class WebhookItem:
     delivered_ns: int | None = None
 
 
+class LeaseLost(Exception):
+    """This replica no longer holds the job's lease (shared mode): another replica
+    drives it now, and nothing was written."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"lease of {job_id} lost")
+        self.job_id = job_id
+
+
 TERMINAL_STATES = frozenset(
     {common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED}
 )
@@ -82,6 +91,8 @@ class JobRecord:
     handle: dict[str, Any] | None = None
     # Anything else the runner keeps across restarts (attempt count...).
     extra: dict[str, Any] = field(default_factory=dict)
+    # Shared mode: a Cancel reached a replica that does not drive the job.
+    cancel_requested: bool = False
 
     @property
     def id(self) -> str:
@@ -100,6 +111,12 @@ def charged_micros(job: common_pb2.Job) -> int:
 
 
 class JobStore(abc.ABC):
+    #: True when several replicas share the store (leases, notifications): see server.pgstore.
+    shared: bool = False
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (stores that need to)."""
+
     @abc.abstractmethod
     async def create(
         self, record: JobRecord, event: common_pb2.JobEvent, budgets: Sequence[BudgetCheck] = ()
