@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import socket
+import uuid
 from wsgiref.simple_server import WSGIServer
 
 import grpc
@@ -24,6 +27,7 @@ from server.interceptors import MetricsInterceptor
 from server.routing import Router
 from server.runner import JobRunner
 from server.services import CatalogServicer, JobService, media_servicer
+from server.shared import SharedMode
 from server.store import JobStore, SQLiteJobStore
 from server.usage import UsageServicer
 from server.webhooks import WebhookPolicy, WebhookSender
@@ -50,6 +54,19 @@ def build_storage(settings: Settings) -> Storage:
     return storage
 
 
+def build_store(settings: Settings, replica_id: str) -> JobStore:
+    if settings.database_url:
+        from server.pgstore import PostgresJobStore
+
+        return PostgresJobStore(
+            settings.database_url,
+            owner=replica_id,
+            lease_seconds=settings.lease_seconds,
+            pool_size=settings.database_pool_size,
+        )
+    return SQLiteJobStore(settings.database_path)
+
+
 class MediagenServer:
     """One server process. ``start`` binds and recovers jobs; ``stop`` drains."""
 
@@ -64,7 +81,9 @@ class MediagenServer:
         self.settings = settings
         self.registry = registry or build_registry(settings)
         self.storage = storage or build_storage(settings)
-        self.store = store or SQLiteJobStore(settings.database_path)
+        # This process's name in leases and logs (shared mode).
+        self.replica_id = settings.replica_id or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.store = store or build_store(settings, self.replica_id)
         self.bus = EventBus()
         self.router = Router(self.registry, settings)
         self.webhook_policy = WebhookPolicy(settings)
@@ -87,6 +106,17 @@ class MediagenServer:
             runner=self.runner,
             webhooks=self.webhook_policy,
         )
+        # Shared mode: leases and cross-replica events (see server.shared).
+        self.shared: SharedMode | None = None
+        if self.store.shared:
+            from server.pgstore import PostgresJobStore
+
+            assert isinstance(self.store, PostgresJobStore)
+            self.shared = SharedMode(
+                store=self.store, runner=self.runner, bus=self.bus, settings=settings, on_ready=self._on_ready
+            )
+            self.jobs.shared = self.shared
+        self._stopping = False
         self.metrics_port = 0
         self._metrics_server: WSGIServer | None = None
         self.health = HealthServicer()
@@ -96,6 +126,7 @@ class MediagenServer:
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> int:
+        await self.store.open()
         options = [
             ("grpc.max_receive_message_length", self.settings.max_receive_message_bytes),
             ("grpc.max_send_message_length", 4 * 1024 * 1024),
@@ -132,7 +163,10 @@ class MediagenServer:
             raise RuntimeError(f"cannot listen on {self.settings.listen}")
         await server.start()
         self.server = server
-        await self.runner.recover()
+        if self.shared is not None:
+            await self.shared.start()  # claims what stopped or dead replicas left
+        else:
+            await self.runner.recover()
         self.webhooks.start()
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="retention sweep")
         for name in ["", *self.service_names]:
@@ -142,12 +176,19 @@ class MediagenServer:
             host, _, port = self.settings.metrics_listen.rpartition(":")
             self._metrics_server, _ = start_http_server(int(port), addr=host or "0.0.0.0")
             self.metrics_port = self._metrics_server.server_port
-        log.info("serving", listen=self.settings.listen, port=self.port, storage=self.settings.storage)
+        log.info(
+            "serving",
+            listen=self.settings.listen,
+            port=self.port,
+            storage=self.settings.storage,
+            **({"replica": self.replica_id} if self.shared else {}),
+        )
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop accepting calls, let streams finish within ``grace``, keep jobs for the next start."""
         grace = self.settings.shutdown_grace if grace is None else grace
+        self._stopping = True
         await self.health.enter_graceful_shutdown()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -157,11 +198,22 @@ class MediagenServer:
         if self.server is not None:
             await self.server.stop(grace)
         await self.runner.shutdown()
+        if self.shared is not None:
+            await self.shared.stop()  # hands this replica's jobs to the others at once
         await self.webhooks.close()
         await self.registry.aclose()
         await self.storage.aclose()
         await self.store.close()
         log.info("stopped")
+
+    async def _on_ready(self, ready: bool) -> None:
+        """Shared mode: readiness follows whether this replica can reach the database."""
+        if self._stopping:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        await self.health.set("", status)
+        if not ready:
+            log.error("not ready: the database cannot be reached")
 
     async def _update_provider_health(self) -> None:
         """Per-provider health ("mediagen.provider.<media>.<name>"): NOT_SERVING while

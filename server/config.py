@@ -40,6 +40,17 @@ class Settings:
     s3_path_style: bool = False
     # SQLite job database; default <data_dir>/mediagen.db.
     database: str = ""
+    # Shared mode: a PostgreSQL URL (postgresql://user@host:5432/db). Several
+    # replicas with the same database_url and S3 bucket serve the same jobs.
+    # Empty: the embedded SQLite database (one process).
+    database_url: str = ""
+    # Connections each replica keeps to PostgreSQL (plus one for LISTEN).
+    database_pool_size: int = 10
+    # Shared mode: a replica drives a job while it holds the job's lease, renewed
+    # every lease_seconds / 3; a dead replica's jobs are taken over after this.
+    lease_seconds: float = 15.0
+    # This replica's name in leases and logs; default <hostname>-<pid>-<random>.
+    replica_id: str = ""
     # Provider per media type when a request names none; unset: the first
     # configured vendor, else the mock.
     default_providers: dict[str, str] = field(default_factory=dict)
@@ -121,6 +132,17 @@ class Settings:
             raise ConfigError("storage must be 'local' or 's3'")
         if self.storage == "s3" and not self.s3_bucket:
             raise ConfigError("s3_bucket (MEDIAGEN_S3_BUCKET) is required with storage = 's3'")
+        if self.database_url:
+            if not self.database_url.startswith(("postgresql://", "postgres://")):
+                raise ConfigError("database_url must be a postgresql:// URL")
+            if self.storage != "s3":
+                raise ConfigError(
+                    "database_url (shared mode) needs storage = 's3': replicas must see each other's artifacts"
+                )
+            if self.lease_seconds < 1:
+                raise ConfigError("lease_seconds must be at least 1")
+            if self.database_pool_size < 2:
+                raise ConfigError("database_pool_size must be at least 2")
         for name in ("poll_interval", "poll_interval_max", "job_timeout", "max_job_timeout", "heartbeat_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

@@ -35,5 +35,8 @@ class EventBus:
         for queue in self._watchers.get(job_id, ()):
             queue.put_nowait(event)
 
+    def has_watchers(self, job_id: str) -> bool:
+        return bool(self._watchers.get(job_id))
+
     def watcher_count(self) -> int:
         return sum(len(w) for w in self._watchers.values())

@@ -58,7 +58,7 @@ from server.config import Settings
 from server.events import EventBus
 from server.jobs import media_key, now_timestamp, request_class, seconds_until
 from server.routing import Router
-from server.store import JobRecord, JobStore
+from server.store import JobRecord, JobStore, LeaseLost
 from server.webhooks import WebhookPolicy
 
 log = structlog.get_logger("mediagen.runner")
@@ -144,6 +144,19 @@ class JobRunner:
             await asyncio.shield(active.task)
         return True
 
+    def abandon(self, job_id: str) -> bool:
+        """Stop driving a job without changing it (shared mode: its lease went to
+        another replica). False when this process is not driving it."""
+        active = self._active.get(job_id)
+        if active is None:
+            return False
+        active.task.cancel()
+        return True
+
+    def active_ids(self) -> list[str]:
+        """The jobs this process is driving (or about to)."""
+        return list(self._active)
+
     async def shutdown(self) -> None:
         """Stop driving jobs without changing them: they resume on the next start."""
         tasks = [a.task for a in self._active.values()]
@@ -172,6 +185,14 @@ class JobRunner:
     # --- one job ---------------------------------------------------------------
 
     async def _run(self, record: JobRecord) -> None:
+        try:
+            await self._run_job(record)
+        except LeaseLost:
+            # Shared mode: another replica took the job over. It drives the job
+            # from what was stored; this task wrote nothing after losing it.
+            log.warning("lease lost: no longer driving the job", job_id=record.id)
+
+    async def _run_job(self, record: JobRecord) -> None:
         job = record.job
         bound = log.bind(job_id=job.id)
         try:
@@ -195,6 +216,8 @@ class JobRunner:
                     await self._fail(record, JobDeadlineExceeded("the job did not finish before its deadline"))
                 except MediagenError as err:
                     await self._fail(record, err)
+                except LeaseLost:
+                    raise
                 except Exception:
                     bound.exception("job crashed", provider=job.provider)
                     await self._fail(record, InternalError("mediagen failed while running the job"))

@@ -223,7 +223,9 @@ class WebhookSender:
     async def _run(self) -> None:
         while True:
             try:
-                for item in await self.store.due_webhooks(time.time_ns(), limit=_MAX_IN_FLIGHT):
+                # A shared store claims what it returns for this replica: ask only for what fits.
+                limit = _MAX_IN_FLIGHT - len(self._in_flight) if self.store.shared else _MAX_IN_FLIGHT
+                for item in await self.store.due_webhooks(time.time_ns(), limit=limit):
                     if item.event_id in self._in_flight or len(self._in_flight) >= _MAX_IN_FLIGHT:
                         continue
                     task = asyncio.get_running_loop().create_task(self._deliver(item))
