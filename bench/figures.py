@@ -14,7 +14,7 @@ from bench.common import MIB, Row, cpu_seconds, median, peak_rss, reset_peak, rs
 from bench.harness import Harness
 
 # Download chunk sizes tried by the sweep: multiples of 3 (see providers/storage/base.py).
-CHUNK_SWEEP = [3 * 16 * 1024, 3 * 64 * 1024, 3 * 128 * 1024, 3 * 256 * 1024, 3 * 512 * 1024, 3 * 1024 * 1024]
+CHUNK_SWEEP = [3 * 32 * 1024, 3 * 128 * 1024, 3 * 256 * 1024, 3 * 512 * 1024]
 
 
 @dataclass
@@ -41,7 +41,7 @@ class Profile:
 
 PROFILES = {
     "default": Profile("default", 3, 3.0, 1.0, (1, 16, 128), 1024 * MIB, 3, True,
-                       10_000, 10.0, 30.0, 90.0, 1000, 1000, 6.0, 8.0, 48, 10_000),
+                       10_000, 10.0, 20.0, 60.0, 1000, 1000, 6.0, 6.0, 48, 10_000),
     "quick": Profile("quick", 2, 2.0, 0.5, (1, 16, 128), 256 * MIB, 2, False,
                      1_000, 10.0, 15.0, 30.0, 200, 200, 4.0, 4.0, 48, 1_000),
     "smoke": Profile("smoke", 1, 0.3, 0.2, (16,), 4 * MIB, 1, False,
@@ -311,7 +311,7 @@ def _copy_job(src: Path, dst: Path, job_id: str) -> None:
 
 
 def fig_inflight(h: Harness, p: Profile) -> tuple[list[Row], dict[str, Any]]:
-    from bench.vendor import fetch_stats, runway_available
+    from bench.vendor import runway_available
 
     data = h.path("inflight-data")
     vendor_spec = {"interval": p.inflight_interval, "min_duration": p.inflight_min, "max_duration": p.inflight_max}
@@ -319,10 +319,26 @@ def fig_inflight(h: Harness, p: Profile) -> tuple[list[Row], dict[str, Any]]:
         data, poll_interval=p.inflight_interval, poll_interval_max=p.inflight_interval,
         max_concurrent_jobs=max(p.inflight_jobs, 1000), allow_private_urls=True, job_timeout=3600.0,
     )
-    use_runway = runway_available()
-    details: dict[str, Any] = {"adapter": "runway" if use_runway else "benchvendor", "jobs": p.inflight_jobs,
-                               "interval_s": p.inflight_interval,
+    details: dict[str, Any] = {"jobs": p.inflight_jobs, "interval_s": p.inflight_interval,
                                "durations_s": [p.inflight_min, p.inflight_max]}
+    use_runway = runway_available()
+    if use_runway:
+        try:
+            return _inflight(h, p, data, vendor_spec, settings, details, use_runway=True)
+        except RuntimeError as exc:  # the adapter is someone's work in progress: say so, use ours
+            if "without answering" not in str(exc):
+                raise
+            details["runway_failed"] = str(exc)[-500:]
+            data = h.path("inflight-data-benchvendor")
+            settings = {**settings, "data_dir": str(data)}
+    return _inflight(h, p, data, vendor_spec, settings, details, use_runway=False)
+
+
+def _inflight(h: Harness, p: Profile, data: Path, vendor_spec: dict[str, Any], settings: dict[str, Any],
+              details: dict[str, Any], *, use_runway: bool) -> tuple[list[Row], dict[str, Any]]:
+    from bench.vendor import fetch_stats
+
+    details["adapter"] = "runway" if use_runway else "benchvendor"
     # The fake vendor and the job-creating client share the load generator's core.
     with h.server("vendor", vendor_spec, cpus=h.client_cpus) as (_, v_ready):
         url = v_ready["url"]
@@ -363,6 +379,8 @@ def fig_inflight(h: Harness, p: Profile) -> tuple[list[Row], dict[str, Any]]:
                     "server_cpu_ms_per_vendor_call": cpu / max(stats["polls"] + stats["tasks"] + stats["outputs"], 1) * 1000})
     succeeded = states.get("JOB_STATE_SUCCEEDED", 0)
     note = f"{details['adapter']} adapter; {succeeded}/{p.inflight_jobs} succeeded in {elapsed:.0f} s"
+    if details.get("runway_failed"):
+        note += " (the runway adapter did not load: " + details["runway_failed"].strip().splitlines()[-1][:120] + ")"
     rows = [
         Row(f"In flight {p.inflight_jobs} jobs: server peak RSS", peak / MIB, "MiB", target="≤ 1024 MiB",
             met=peak <= 1024 * MIB, note=note),
@@ -401,9 +419,13 @@ def fig_watch(h: Harness, p: Profile) -> tuple[list[Row], dict[str, Any]]:
             complete = result["watchers_incomplete"] == 0 and result["watchers_ended"] == jobs * watchers
             note = (f"{result['events_delivered']} events, {result['live_events']} live; "
                     f"{'every watcher got every event' if complete else str(result['watchers_incomplete']) + ' watchers missed events'}")
-            rows.append(Row(f"{label}: delivery p50", result["p50_ms"], "ms"))
-            rows.append(Row(f"{label}: delivery p99", result["p99_ms"], "ms", target="≤ 100 ms, all delivered",
-                            met=result["p99_ms"] <= 100 and complete, note=note))
+            rows.append(Row(f"{label}: delivery p50, all live events", result["p50_ms"], "ms"))
+            rows.append(Row(f"{label}: delivery p99, all live events", result["p99_ms"], "ms",
+                            target="≤ 100 ms, all delivered", met=result["p99_ms"] <= 100 and complete, note=note))
+            rows.append(Row(f"{label}: delivery p99, once all watchers connected", result["steady_p99_ms"], "ms",
+                            target="≤ 100 ms", met=result["steady_p99_ms"] <= 100 and complete,
+                            note=(f"p50 {result['steady_p50_ms']:.0f} ms over {result['steady_events']} events; "
+                                  f"all {jobs * watchers} watchers connected after {result['all_connected_after_s']:.1f} s")))
             h.log(f"{label}: p99 {result['p99_ms']:.1f} ms; {note}")
     return rows, details
 
