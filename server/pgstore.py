@@ -18,10 +18,10 @@ need to share the work safely:
   a transaction-level advisory lock that serialises budget admissions (the
   spend is summed and the job inserted under the lock).
 - **Notifications.** A saved event sends ``NOTIFY`` (job id, sequence, origin
-  replica) on one channel per schema; a cancel request and a released lease
-  do too. ``listen`` yields them; the watcher's replica then reads the events
-  from the ``events`` table, so a notification carries no data that could be
-  lost or reordered.
+  replica) on one channel per schema, right after the commit, batched; a
+  cancel request and a released lease do too. ``listen`` yields them; the
+  watcher's replica then reads the events from the ``events`` table, so a
+  notification carries no data that could be lost or reordered.
 - **Webhook outbox** rows are claimed by one replica at a time
   (``claimed_by``/``claim_until``, taken with ``SKIP LOCKED``), so two replicas
   never send the same event at once.
@@ -32,6 +32,7 @@ need to share the work safely:
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 from collections.abc import AsyncIterator, Collection, Sequence
@@ -175,11 +176,15 @@ class PostgresJobStore(JobStore):
         # behind RPCs queued for the main pool (a budget admission holds its
         # connection while it waits for the admission lock).
         self._lease_pool = AsyncConnectionPool(
-            url, min_size=1, max_size=2, open=False, kwargs={"autocommit": True}, name="mediagen-leases"
+            url, min_size=1, max_size=3, open=False, kwargs={"autocommit": True}, name="mediagen-leases"
         )
         # Leases this replica holds: job id -> epoch of its claim (the fencing token).
         self._epochs: dict[str, int] = {}
         self.channel = ""
+        # Event notifications wait here for the notifier (see _notify_events).
+        self._outgoing: builtins.list[str] = []
+        self._outgoing_ready = asyncio.Event()
+        self._notifier: asyncio.Task[None] | None = None
 
     # --- lifecycle ------------------------------------------------------------------
 
@@ -195,10 +200,40 @@ class PostgresJobStore(JobStore):
         self.channel = f"mediagen_{schema}"[:63]
         if applied:
             log.info("database migrated", versions=applied)
+        self._notifier = asyncio.get_running_loop().create_task(self._notify_events(), name="notifier")
 
     async def close(self) -> None:
+        if self._notifier is not None:
+            self._notifier.cancel()
+            await asyncio.gather(self._notifier, return_exceptions=True)
+            await self._send_notifications()
         await self._lease_pool.close()
         await self._pool.close()
+
+    async def _notify_events(self) -> None:
+        """Send event notifications, many per transaction.
+
+        Not in the transaction that saves the event: PostgreSQL serialises the
+        commits of all notifying transactions (a global lock held through the
+        WAL flush), which would cap every replica's saves at one disk flush
+        each. Sent after the commit, so a notification still means "committed".
+        If this replica dies in between, watchers elsewhere get the event at
+        their next heartbeat, when they read the store again.
+        """
+        while True:
+            await self._outgoing_ready.wait()
+            self._outgoing_ready.clear()
+            await self._send_notifications()
+
+    async def _send_notifications(self) -> None:
+        batch, self._outgoing = self._outgoing, []
+        if not batch:
+            return
+        try:
+            async with self._lease_pool.connection() as conn:
+                await conn.execute("SELECT pg_notify(%s, p) FROM unnest(%s::text[]) AS p", (self.channel, batch))
+        except Exception as exc:  # watchers read the store again at their next heartbeat
+            log.warning("could not send notifications", count=len(batch), error=str(exc))
 
     # --- reading ----------------------------------------------------------------------
 
@@ -449,11 +484,9 @@ class PostgresJobStore(JobStore):
                     (item.event_id, item.job_id, item.tenant, item.url, item.type, item.body, item.create_ns,
                      item.next_ns, item.attempts, item.state),
                 )
-            if event is not None:
-                # Delivered at commit, to every replica (this one included).
-                await conn.execute(
-                    "SELECT pg_notify(%s, %s)", (self.channel, f"e {job.id} {event.sequence} {self.owner}")
-                )
+        if event is not None:
+            self._outgoing.append(f"e {job.id} {event.sequence} {self.owner}")
+            self._outgoing_ready.set()
         if job.state in TERMINAL_STATES:
             self._epochs.pop(job.id, None)
 
