@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import json
 from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
@@ -128,6 +129,16 @@ CREATE INDEX webhook_job ON webhook_outbox (job_id);
 WEBHOOK_CLAIM_SECONDS = 60.0
 
 _RECORD_COLUMNS = "job, request, stage, handle, extra, cancel_requested"
+# Save a job fenced by this replica's lease, with its event, in one statement;
+# answers 1 when saved, 0 when the lease is gone (then nothing changed).
+_SAVE = (
+    "WITH saved AS (UPDATE jobs SET state = %(state)s, job = %(job)s, stage = %(stage)s, handle = %(handle)s,"
+    " extra = %(extra)s, end_ns = %(end_ns)s, provider = %(provider)s, cost_micros = %(cost)s"
+    " WHERE id = %(id)s AND lease_owner = %(owner)s AND lease_epoch = %(epoch)s RETURNING id),"
+    " event AS (INSERT INTO events (job_id, sequence, event) SELECT id, %(sequence)s, %(event)s FROM saved"
+    "  WHERE %(event)s::bytea IS NOT NULL ON CONFLICT (job_id, sequence) DO UPDATE SET event = EXCLUDED.event)"
+    " SELECT count(*) FROM saved"
+)
 _WEBHOOK_COLUMNS = (
     "event_id, job_id, tenant, url, type, body, create_ns, next_ns, attempts, state, last_status, last_error,"
     " delivered_ns"
@@ -454,29 +465,28 @@ class PostgresJobStore(JobStore):
         epoch = self._epochs.get(job.id)
         if epoch is None:
             raise LeaseLost(job.id)
-        async with self._pool.connection() as conn, conn.transaction():
-            cur = await conn.execute(
-                "UPDATE jobs SET state = %s, job = %s, stage = %s, handle = %s, extra = %s, end_ns = %s, provider = %s,"
-                " cost_micros = %s WHERE id = %s AND lease_owner = %s AND lease_epoch = %s",
-                (
-                    job.state,
-                    job.SerializeToString(),
-                    record.stage,
-                    json.dumps(record.handle) if record.handle else None,
-                    json.dumps(record.extra),
-                    job.end_time.ToNanoseconds() if job.HasField("end_time") else None,
-                    job.provider,
-                    charged_micros(job),
-                    job.id,
-                    self.owner,
-                    epoch,
-                ),
-            )
-            if cur.rowcount != 1:
+        values = {
+            "state": job.state,
+            "job": job.SerializeToString(),
+            "stage": record.stage,
+            "handle": json.dumps(record.handle) if record.handle else None,
+            "extra": json.dumps(record.extra),
+            "end_ns": job.end_time.ToNanoseconds() if job.HasField("end_time") else None,
+            "provider": job.provider,
+            "cost": charged_micros(job),
+            "id": job.id,
+            "owner": self.owner,
+            "epoch": epoch,
+            "sequence": event.sequence if event is not None else 0,
+            "event": event.SerializeToString() if event is not None else None,
+        }
+        async with self._pool.connection() as conn, conn.transaction() if webhooks else contextlib.nullcontext():
+            # One statement (one round trip, one commit when there are no webhooks).
+            cur = await conn.execute(_SAVE, values)
+            row = await cur.fetchone()
+            if not row or row[0] != 1:
                 self._epochs.pop(job.id, None)
                 raise LeaseLost(job.id)
-            if event is not None:
-                await self._insert_event(conn, job.id, event)
             for item in webhooks:
                 await conn.execute(
                     "INSERT INTO webhook_outbox (event_id, job_id, tenant, url, type, body, create_ns, next_ns,"
