@@ -322,10 +322,12 @@ async def generate_many(spec: dict[str, Any]) -> dict[str, Any]:
     next_index = 0
     errors: dict[str, int] = {}
 
+    give_up_at = time.perf_counter() + float(spec.get("max_seconds", 1e9))
+
     async def caller(i: int) -> None:
         nonlocal next_index
         stub = stubs[i % len(stubs)]
-        while next_index < total:
+        while next_index < total and time.perf_counter() < give_up_at:
             index = next_index
             next_index += 1
             request = video_pb2.GenerateVideoRequest(
@@ -342,7 +344,8 @@ async def generate_many(spec: dict[str, Any]) -> dict[str, Any]:
     elapsed = time.perf_counter() - begun
     for ch in channels:
         await ch.close()
-    return {"jobs": total, "errors": errors, "seconds": elapsed, "per_s": total / elapsed}
+    created = next_index - sum(errors.values())
+    return {"jobs": created, "asked": total, "errors": errors, "seconds": elapsed, "per_s": created / elapsed}
 
 
 async def count_jobs(spec: dict[str, Any]) -> dict[str, Any]:
