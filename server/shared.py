@@ -199,6 +199,7 @@ class SharedMode:
                 claimed = await self.store.claim(1, exclude=self.runner.active_ids(), job_id=job_id)
                 if claimed:
                     self.runner.start(claimed[0])
+                    await asyncio.sleep(0)  # let the job's task start: one cancelled before its first step writes nothing
                     await self.runner.cancel(job_id)
                     return
                 record = await self.store.get(job_id)
