@@ -125,25 +125,38 @@ class SharedMode:
 
     async def _lease_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        last_renewal_sent = loop.time()
-        next_renewal = last_renewal_sent + self.renew_every
+        fence_after = SELF_FENCE_FRACTION * self.settings.lease_seconds
+        renewed = answered = loop.time()  # last renewal sent that succeeded; last database answer
+        next_renewal = renewed + self.renew_every
         while True:
             try:
-                if loop.time() >= next_renewal:
-                    sent = loop.time()
-                    next_renewal = sent + self.renew_every
-                    await self._renew()
-                    last_renewal_sent = sent
-                    await self._set_ready(True)
-                await self._claim()
+                now = loop.time()
+                if now >= next_renewal:
+                    next_renewal = now + self.renew_every
+                    # A renewal that hangs must not keep this loop past the fence.
+                    async with asyncio.timeout(max(renewed + fence_after - now, 0.01)):
+                        await self._renew()
+                    renewed = now
+                async with asyncio.timeout(self.renew_every):
+                    await self._claim()
+                answered = loop.time()
+                await self._set_ready(True)
             except Exception as exc:
-                log.warning("lease bookkeeping failed", error=str(exc))
-                if loop.time() - last_renewal_sent > SELF_FENCE_FRACTION * self.settings.lease_seconds:
-                    self._give_up_all("the database could not be reached to renew leases")
-                    await self._set_ready(False)
+                log.warning("lease bookkeeping failed", error=str(exc) or type(exc).__name__)
+            now = loop.time()
+            if now >= renewed + fence_after and self.runner.in_flight():
+                # Stop before the leases can expire (they last lease_seconds
+                # after the last renewal sent): nobody else drives them yet.
+                self._give_up_all("the database could not be reached to renew leases")
+                await self._set_ready(False)
+            elif now >= answered + fence_after:
+                await self._set_ready(False)
+            wait = self.claim_every
+            if self.runner.in_flight():
+                wait = min(wait, max(renewed + fence_after - now, 0.01))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.claim_every)
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     async def _renew(self) -> None:
         _, lost, cancels = await self.store.renew(self.runner.active_ids())

@@ -126,3 +126,37 @@ async def test_a_stopping_replica_hands_its_jobs_over_at_once(replicas):
         ]
         assert events[-1].job.state == common_pb2.JOB_STATE_SUCCEEDED
         assert [e.sequence for e in events] == list(range(1, events[-1].sequence + 1))
+
+
+async def test_a_replica_that_cannot_reach_the_database_stops_driving_before_its_leases_expire(replicas, monkeypatch):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    url, start = replicas
+    a = await start("a")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as channel:
+        stub = video_pb2_grpc.VideoServiceStub(channel)
+        health = health_pb2_grpc.HealthStub(channel)
+        job = (await stub.GenerateVideo(slow_job(3.0))).job
+        await running(stub, job.id)
+
+        async def unreachable(*args, **kwargs):
+            raise psycopg.OperationalError("connection refused")
+
+        monkeypatch.setattr(a.store, "renew", unreachable)
+        monkeypatch.setattr(a.store, "claim", unreachable)
+        broken_at = time.monotonic()
+        while a.runner.in_flight():
+            assert time.monotonic() - broken_at < LEASE, "still driving"
+            await asyncio.sleep(0.01)
+        # It stopped while its lease was still valid (by the database's clock): nobody else could drive yet.
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            cur = await conn.execute("SELECT lease_until > clock_timestamp() FROM jobs WHERE id = %s", (job.id,))
+            assert await cur.fetchone() == (True,)
+        status = (await health.Check(health_pb2.HealthCheckRequest(service=""))).status
+        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+        monkeypatch.undo()
+        # Back: ready again, and the job (its lease expired meanwhile) is claimed and finished.
+        events = [r.event async for r in stub.WatchVideoJob(video_pb2.WatchVideoJobRequest(job_id=job.id))]
+        assert events[-1].job.state == common_pb2.JOB_STATE_SUCCEEDED
+        status = (await health.Check(health_pb2.HealthCheckRequest(service=""))).status
+        assert status == health_pb2.HealthCheckResponse.SERVING
