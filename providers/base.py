@@ -30,13 +30,16 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
 from providers.errors import FieldViolation, InvalidArgument
+
+if TYPE_CHECKING:
+    from providers.inputs import InputMedia
 
 MICROS = 1_000_000
 
@@ -63,6 +66,10 @@ class JobContext:
     # Stable per job: pass it as the vendor's idempotency key where one exists.
     idempotency_key: str = ""
     attempt: int = 1
+    # The request's input_image, resolved by the server before submit (inline
+    # bytes, the caller's URL or an uploaded asset); None when it has none.
+    # See providers.inputs. Never stored: a resumed job resolves it again.
+    input_image: InputMedia | None = None
 
     def time_left(self) -> float:
         return math.inf if self.deadline is None else self.deadline - time.monotonic()
@@ -197,6 +204,29 @@ class Provider(abc.ABC):
                 field_violations=violations,
             )
 
+    def validate_input(self, request: Message, media: InputMedia) -> None:
+        """Check the request's resolved input image (type, bytes, pixels, and whether the
+        vendor can be given it in a form it takes) before any vendor call.
+
+        Raises InvalidArgument, or FailedPrecondition when the server's set-up
+        rules the input out (a URL-only vendor and an asset on local storage).
+        The default checks the catalog's max_input_bytes / max_input_pixels and,
+        for a provider whose only input form is "url", that a URL can be had.
+        Adapters extend it with their own rules (formats, exact sizes...).
+        """
+        from providers.inputs import no_public_url
+
+        limits = self.describe().limits
+        violations = input_limit_problems(limits, media)
+        if violations:
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in violations),
+                metadata={"provider": self.name},
+                field_violations=violations,
+            )
+        if list(limits.input_forms) == ["url"] and not media.may_have_public_url:
+            raise no_public_url(media, self.name)
+
     @abc.abstractmethod
     def estimate_cost(self, request: Message, model: str) -> common_pb2.Cost:
         """Cost before the job runs, from the published price."""
@@ -326,6 +356,26 @@ def check_limits(limits: catalog_pb2.ProviderLimits, request: Message) -> list[F
         name = format_name(request)
         if name not in limits.formats:
             out.append(FieldViolation("format", "must be one of " + ", ".join(limits.formats), "UNSUPPORTED_VALUE"))
+    return out
+
+
+def input_limit_problems(limits: catalog_pb2.ProviderLimits, media: InputMedia) -> list[FieldViolation]:
+    """The resolved input against the catalog's max_input_bytes and max_input_pixels."""
+    out: list[FieldViolation] = []
+    if limits.max_input_bytes and media.size is not None and media.size > limits.max_input_bytes:
+        out.append(
+            FieldViolation(
+                media.field, f"at most {limits.max_input_bytes} bytes for this provider ({media.size} given)", "TOO_LARGE"
+            )
+        )
+    if limits.max_input_pixels and media.pixels > limits.max_input_pixels:
+        out.append(
+            FieldViolation(
+                media.field,
+                f"at most {limits.max_input_pixels} pixels for this provider ({media.width}x{media.height} given)",
+                "TOO_LARGE",
+            )
+        )
     return out
 
 

@@ -53,7 +53,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -1007,6 +1007,100 @@ class VendorHTTP:
         finally:
             await response.aclose()
 
+    async def post_file(
+        self,
+        url: str,
+        *,
+        fields: Mapping[str, str],
+        file_field: str,
+        filename: str,
+        content_type: str,
+        size: int,
+        open_file: Callable[[], AbstractAsyncContextManager[AsyncIterator[bytes]]],
+        ctx: JobContext | None,
+        model: str = "",
+    ) -> httpx.Response:
+        """POST a multipart form whose file part is streamed, e.g. to a presigned upload URL.
+
+        The form is ``fields`` (in order) then the file, sent with a
+        Content-Length (presigned S3 POSTs refuse chunked bodies) and read
+        from ``open_file()`` chunk by chunk, never whole in memory. A URL off
+        the API origin is checked like an output URL and gets none of the
+        API's headers. Retried per the policy (the file is opened again); an
+        error status is ProviderUnavailable (5xx, retryable) or
+        ProviderInvalidRequest (4xx).
+        """
+        target = self._absolute(url, model)
+        on_api = _origin(target) == self._api_origin
+        boundary = f"mediagen-{os.urandom(12).hex()}"
+        preamble = "".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_form_quote(k)}"\r\n\r\n{v}\r\n'
+            for k, v in fields.items()
+        )
+        preamble += (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{_form_quote(file_field)}"; '
+            f'filename="{_form_quote(filename)}"\r\nContent-Type: {content_type}\r\n\r\n'
+        )
+        head, tail = preamble.encode("utf-8"), f"\r\n--{boundary}--\r\n".encode("ascii")
+        headers = {
+            "Content-Type": f"multipart/form-data; boundary={boundary}",
+            "Content-Length": str(len(head) + size + len(tail)),
+        }
+        deadline = ctx.deadline if ctx is not None else None
+        attempts = itertools.count(1)
+        provider = self.provider
+
+        async def body() -> AsyncIterator[bytes]:
+            yield head
+            sent = 0
+            async with open_file() as chunks:
+                async for chunk in chunks:
+                    sent += len(chunk)
+                    if sent > size:
+                        break
+                    yield chunk
+            if sent != size:
+                raise ProviderBadResponse(
+                    f"{provider}: the file to upload has {sent} bytes, {size} were announced",
+                    provider=provider,
+                    model=model,
+                    retryable=False,
+                )
+            yield tail
+
+        async def attempt() -> httpx.Response:
+            number = next(attempts)
+            request = await self._build_stream_request(
+                target, "POST", None, None, None, headers, on_api, model, deadline, number, content=body()
+            )
+            client = self._client if on_api else self._download_client()
+            started = time.perf_counter()
+            response = await self._send(client, request, number, model, started)
+            try:
+                read = await _read_error_body(response)
+            finally:
+                await response.aclose()
+            self._log_call(request, number, started, response.status_code)
+            status = response.status_code
+            if status < 300:
+                return read
+            common: dict[str, Any] = {
+                "provider": provider,
+                "model": model,
+                "vendor_request_id": vendor_request_id(read),
+                "http_status": status,
+            }
+            text = _truncate(_body_text(read))
+            if status >= 500 or status == 429:
+                raise ProviderUnavailable(
+                    f"{provider} upload failed (HTTP {status}): {text}",
+                    retry_after=retry_after_from_headers(read.headers),
+                    **common,
+                )
+            raise ProviderInvalidRequest(f"{provider} upload refused (HTTP {status}): {text}", **common)
+
+        return await self.retry.run(attempt, deadline=deadline, on_retry=self._log_retry("POST", target))
+
     def _absolute(self, url_or_path: str, model: str) -> httpx.URL:
         """A path on the API, or an absolute URL, as an absolute URL."""
         try:
@@ -1103,9 +1197,12 @@ class VendorHTTP:
         model: str,
         deadline: float | None,
         attempt: int,
+        content: Any = None,
     ) -> httpx.Request:
         timeout = self._attempt_timeout(deadline)
-        body = {"json": json, "data": data} if method not in ("GET", "HEAD") else {}
+        body: dict[str, Any] = {"json": json, "data": data} if method not in ("GET", "HEAD") else {}
+        if content is not None:
+            body = {"content": content}
         if on_api:
             # The configured API origin is trusted (operator's choice, or a test server).
             return self._client.build_request(
@@ -1309,6 +1406,11 @@ class VendorHTTP:
             )
 
         return on_retry
+
+
+def _form_quote(value: str) -> str:
+    """A multipart header parameter value, quoted as browsers do (RFC 7578 4.2)."""
+    return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 def _is_absolute(url_or_path: str) -> bool:

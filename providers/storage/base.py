@@ -55,6 +55,8 @@ class Storage(abc.ABC):
 
     #: "local" or "s3".
     kind: str
+    #: Whether ``presign`` gives URLs (vendors that fetch inputs by URL need one).
+    can_presign: bool = False
 
     @abc.abstractmethod
     async def write(

@@ -127,6 +127,7 @@ class S3Storage(Storage):
     """Artifacts in an S3 bucket under a key prefix. See the module doc."""
 
     kind = "s3"
+    can_presign = True
 
     def __init__(
         self,
