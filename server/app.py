@@ -14,11 +14,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from prometheus_client import start_http_server
 
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, usage_pb2, usage_pb2_grpc
+from mediagen.v1 import (
+    asset_pb2,
+    asset_pb2_grpc,
+    catalog_pb2,
+    catalog_pb2_grpc,
+    usage_pb2,
+    usage_pb2_grpc,
+)
 from providers import metrics
 from providers.registry import MEDIA_NAMES, ProviderRegistry, build_registry
 from providers.storage import Storage
 from providers.storage.local import LocalStorage
+from server.assets import Assets, AssetServicer
 from server.auth import AuthInterceptor, parse_tokens, server_credentials
 from server.budgets import period_start
 from server.config import Settings
@@ -106,6 +114,9 @@ class MediagenServer:
             runner=self.runner,
             webhooks=self.webhook_policy,
         )
+        # Uploaded inputs (AssetService), and the inputs of Generate requests resolved.
+        self.assets = Assets(store=self.store, storage=self.storage, settings=settings)
+        self.jobs.assets = self.runner.assets = self.assets
         # Shared mode: leases and cross-replica events (see server.shared).
         self.shared: SharedMode | None = None
         if self.store.shared:
@@ -143,6 +154,8 @@ class MediagenServer:
             self.service_names.append(name)
         catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.registry, self.router), server)
         self.service_names.append(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name)
+        asset_pb2_grpc.add_AssetServiceServicer_to_server(AssetServicer(self.assets), server)
+        self.service_names.append(asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name)
         usage = UsageServicer(self.store, self.jobs.budgets, auth_on=bool(self.settings.auth_tokens))
         usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
         self.service_names.append(usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name)
@@ -201,6 +214,7 @@ class MediagenServer:
         if self.shared is not None:
             await self.shared.stop()  # hands this replica's jobs to the others at once
         await self.webhooks.close()
+        await self.assets.aclose()
         await self.registry.aclose()
         await self.storage.aclose()
         await self.store.close()

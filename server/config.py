@@ -93,6 +93,9 @@ class Settings:
     mock_steps: int = 5
     # Largest artifact accepted from a vendor.
     max_output_bytes: int = 2 * 1024**3
+    # Largest asset accepted by AssetService.UploadAsset (streamed in chunks of
+    # at most 1 MiB, so far above the gRPC message limit).
+    max_asset_bytes: int = 64 * 1024 * 1024
     # Longest download URL lifetime GetJob hands out.
     max_download_url_ttl: float = 7 * 24 * 3600.0
     # Allow http:// and private/loopback vendor output URLs (local testing only).
@@ -171,6 +174,8 @@ class Settings:
             raise ConfigError("tls_cert_file and tls_key_file go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ConfigError("tls_client_ca_file needs tls_cert_file and tls_key_file")
+        if self.max_asset_bytes < 1:
+            raise ConfigError("max_asset_bytes must be positive")
         if self.retention < 0 or self.retention_sweep_interval <= 0:
             raise ConfigError("retention must be >= 0 and retention_sweep_interval positive")
         if self.auth_tokens:

@@ -44,10 +44,11 @@ import structlog
 from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
-from mediagen.v1 import common_pb2
+from mediagen.v1 import asset_pb2, common_pb2
 from providers.errors import BudgetExceeded, QuotaViolation
 from server.store import (
     TERMINAL_STATES,
+    AssetRecord,
     BudgetCheck,
     JobRecord,
     JobStore,
@@ -121,6 +122,22 @@ CREATE TABLE webhook_outbox (
 );
 CREATE INDEX webhook_due ON webhook_outbox (next_ns) WHERE state = 1;
 CREATE INDEX webhook_job ON webhook_outbox (job_id);
+""",
+    ),
+    (
+        2,
+        "assets: uploaded inputs (AssetService)",
+        """
+CREATE TABLE assets (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    storage_key TEXT NOT NULL,
+    create_ns BIGINT NOT NULL,
+    -- NULL: kept until deleted (retention 0)
+    expire_ns BIGINT,
+    asset BYTEA NOT NULL
+);
+CREATE INDEX assets_expiry ON assets (expire_ns) WHERE expire_ns IS NOT NULL;
 """,
     ),
 ]
@@ -505,6 +522,31 @@ class PostgresJobStore(JobStore):
             await conn.execute("DELETE FROM events WHERE job_id = %s", (job_id,))
             await conn.execute("DELETE FROM webhook_outbox WHERE job_id = %s", (job_id,))
             await conn.execute("DELETE FROM jobs WHERE id = %s", (job_id,))
+
+    # --- assets ------------------------------------------------------------------------
+
+    async def create_asset(self, record: AssetRecord) -> None:
+        asset = record.asset
+        async with self._pool.connection() as conn:
+            await conn.execute(
+                "INSERT INTO assets (id, tenant, storage_key, create_ns, expire_ns, asset) VALUES (%s,%s,%s,%s,%s,%s)",
+                (asset.id, asset.tenant, record.key, asset.create_time.ToNanoseconds(), record.expire_ns,
+                 asset.SerializeToString()),
+            )
+
+    async def get_asset(self, asset_id: str) -> AssetRecord | None:
+        rows = await self._fetchall("SELECT asset, storage_key FROM assets WHERE id = %s", (asset_id,))
+        return AssetRecord(asset_pb2.Asset.FromString(bytes(rows[0][0])), rows[0][1]) if rows else None
+
+    async def delete_asset(self, asset_id: str) -> None:
+        async with self._pool.connection() as conn:
+            await conn.execute("DELETE FROM assets WHERE id = %s", (asset_id,))
+
+    async def expired_assets(self, cutoff_ns: int, limit: int = 500) -> builtins.list[AssetRecord]:
+        rows = await self._fetchall(
+            "SELECT asset, storage_key FROM assets WHERE expire_ns < %s ORDER BY expire_ns LIMIT %s", (cutoff_ns, limit)
+        )
+        return [AssetRecord(asset_pb2.Asset.FromString(bytes(a)), k) for a, k in rows]
 
     # --- webhook outbox -----------------------------------------------------------------
 

@@ -15,7 +15,14 @@ from google.protobuf.message import Message
 
 from mediagen.v1 import common_pb2
 from providers.base import Provider
-from providers.errors import FieldViolation, InvalidArgument, MediagenError, ProviderUnavailable
+from providers.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    MediagenError,
+    ProviderUnavailable,
+)
+from providers.inputs import InputMedia
 from providers.registry import MEDIA_NAMES, ProviderRegistry
 from server.circuit import CircuitBreaker
 from server.config import Settings
@@ -37,11 +44,17 @@ class Router:
             self._breakers[key] = CircuitBreaker(self.settings.circuit_threshold, self.settings.circuit_cooldown)
         return self._breakers[key]
 
-    def candidates(self, media_type: int, request: Message) -> list[Provider]:
-        """Providers for this request, first choice first. Raises when there is none."""
+    def candidates(self, media_type: int, request: Message, media: InputMedia | None = None) -> list[Provider]:
+        """Providers for this request, first choice first. Raises when there is none.
+
+        ``media`` is the request's input image, resolved: each provider checks it
+        too (type, size, and whether it can be handed over in a form the vendor takes).
+        """
         if request.provider:
             provider = self.registry.resolve(media_type, request.provider)
             provider.validate(request)
+            if media is not None:
+                provider.validate_input(request, media)
             if not self.breaker(media_type, provider.name).allows():
                 raise ProviderUnavailable(
                     f"provider {provider.name} is failing repeatedly; its circuit is open, try again later",
@@ -54,7 +67,7 @@ class Router:
         eligible: list[Provider] = []
         ruled_out: list[tuple[Provider, MediagenError | str]] = []
         for provider in pool:
-            why = self._why_not(provider, request)
+            why = self._why_not(provider, request, media)
             if why is None:
                 eligible.append(provider)
             else:
@@ -81,7 +94,7 @@ class Router:
             return vendors
         return self.registry.for_media(media_type)
 
-    def _why_not(self, provider: Provider, request: Message) -> MediagenError | str | None:
+    def _why_not(self, provider: Provider, request: Message, media: InputMedia | None) -> MediagenError | str | None:
         entry = provider.describe()
         if not entry.configured:
             return f"not configured ({entry.not_configured_reason})"
@@ -91,7 +104,9 @@ class Router:
             return "circuit open after repeated failures"
         try:
             provider.validate(request)
-        except InvalidArgument as err:
+            if media is not None:
+                provider.validate_input(request, media)
+        except (InvalidArgument, FailedPrecondition) as err:
             return err
         return None
 

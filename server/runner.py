@@ -23,6 +23,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -60,6 +61,9 @@ from server.jobs import media_key, now_timestamp, request_class, seconds_until
 from server.routing import Router
 from server.store import JobRecord, JobStore, LeaseLost
 from server.webhooks import WebhookPolicy
+
+if TYPE_CHECKING:
+    from server.assets import Assets
 
 log = structlog.get_logger("mediagen.runner")
 
@@ -109,6 +113,8 @@ class JobRunner:
         self.on_webhooks = on_webhooks
         self._slots = asyncio.Semaphore(settings.max_concurrent_jobs)
         self._active: dict[str, _Active] = {}
+        # Resolves a request's input image for the adapter (set by the server).
+        self.assets: Assets | None = None
 
     # --- public ------------------------------------------------------------
 
@@ -317,6 +323,10 @@ class JobRunner:
                     provider=job.provider,
                     model=job.model,
                 )
+            if ctx.input_image is None and self.assets is not None:
+                # Looked up again here (never stored with the job): an asset deleted since
+                # Generate fails the job with ASSET_NOT_FOUND before any vendor call.
+                ctx.input_image = await self.assets.input_for(request, job.tenant, ctx)
             job.state = common_pb2.JOB_STATE_RUNNING
             if not job.HasField("start_time"):
                 job.start_time.CopyFrom(now_timestamp())

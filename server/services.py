@@ -49,6 +49,7 @@ from server.validation import validate_generate, validate_job_id
 from server.webhooks import WebhookPolicy, delivery_message
 
 if TYPE_CHECKING:
+    from server.assets import Assets
     from server.shared import SharedMode
 
 log = structlog.get_logger("mediagen.rpc")
@@ -93,6 +94,8 @@ class JobService:
         self.reading: collections.Counter[str] = collections.Counter()
         # Shared mode (several replicas): set by the server.
         self.shared: SharedMode | None = None
+        # Uploaded assets, and the resolution of input images: set by the server.
+        self.assets: Assets | None = None
 
     async def generate(self, media_type: int, request: Message, tenant: str) -> common_pb2.Job:
         validate_generate(media_type, request)
@@ -100,7 +103,10 @@ class JobService:
             earlier = await self._by_request_id(tenant, request.request_id)
             if earlier is not None:
                 return earlier
-        candidates = self.router.candidates(media_type, request)
+        # The input image resolved (an asset must be the tenant's: NOT_FOUND otherwise),
+        # so that every candidate provider can judge it before any vendor call.
+        media = await self.assets.input_for(request, tenant) if self.assets is not None else None
+        candidates = self.router.candidates(media_type, request, media)
         provider = candidates[0]
         model = request.model or provider.default_model()
         known_models = [m.name for m in provider.describe().models]
@@ -278,8 +284,11 @@ class JobService:
 
         A job whose artifact is being downloaded right now is left for the next
         sweep. Artifacts go first: a crash in between leaves a job whose files
-        are already gone, which the next sweep removes again.
+        are already gone, which the next sweep removes again. Expired uploaded
+        assets are removed too (see server.assets).
         """
+        if self.assets is not None:
+            await self.assets.sweep()
         if not self.settings.retention:
             return 0
         cutoff = time.time_ns() - int(self.settings.retention * 1e9)

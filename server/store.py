@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mediagen.v1 import common_pb2
+from mediagen.v1 import asset_pb2, common_pb2
 from providers.errors import BudgetExceeded, InvalidArgument, QuotaViolation
 
 
@@ -101,6 +101,18 @@ class JobRecord:
     @property
     def ended(self) -> bool:
         return self.job.state in TERMINAL_STATES
+
+
+@dataclass
+class AssetRecord:
+    """An uploaded asset (server.assets) and where its bytes are stored."""
+
+    asset: asset_pb2.Asset
+    key: str
+
+    @property
+    def expire_ns(self) -> int | None:
+        return self.asset.expire_time.ToNanoseconds() if self.asset.HasField("expire_time") else None
 
 
 def charged_micros(job: common_pb2.Job) -> int:
@@ -189,6 +201,23 @@ class JobStore(abc.ABC):
     async def delete(self, job_id: str) -> None:
         """Remove a job and its events."""
 
+    # --- assets (server.assets) ------------------------------------------------
+
+    @abc.abstractmethod
+    async def create_asset(self, record: AssetRecord) -> None:
+        """Store a new asset's metadata (its bytes are already in storage)."""
+
+    @abc.abstractmethod
+    async def get_asset(self, asset_id: str) -> AssetRecord | None: ...
+
+    @abc.abstractmethod
+    async def delete_asset(self, asset_id: str) -> None:
+        """Remove an asset's metadata; absent is fine."""
+
+    @abc.abstractmethod
+    async def expired_assets(self, cutoff_ns: int, limit: int = 500) -> builtins.list[AssetRecord]:
+        """Assets whose expire_time is before ``cutoff_ns`` (epoch nanoseconds), oldest first."""
+
     @abc.abstractmethod
     async def close(self) -> None: ...
 
@@ -239,6 +268,16 @@ CREATE TABLE IF NOT EXISTS events (
     event BLOB NOT NULL,
     PRIMARY KEY (job_id, sequence)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS assets (
+    id TEXT PRIMARY KEY,
+    tenant TEXT NOT NULL,
+    storage_key TEXT NOT NULL,
+    create_ns INTEGER NOT NULL,
+    -- NULL: kept until deleted (retention 0)
+    expire_ns INTEGER,
+    asset BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS assets_expiry ON assets (expire_ns) WHERE expire_ns IS NOT NULL;
 """
 
 
@@ -507,6 +546,29 @@ class SQLiteJobStore(JobStore):
             self._db.execute("DELETE FROM events WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM webhook_outbox WHERE job_id = ?", (job_id,))
             self._db.execute("DELETE FROM jobs WHERE id = ?", (job_id,))
+
+    async def create_asset(self, record: AssetRecord) -> None:
+        asset = record.asset
+        with self._db:
+            self._db.execute(
+                "INSERT INTO assets (id, tenant, storage_key, create_ns, expire_ns, asset) VALUES (?,?,?,?,?,?)",
+                (asset.id, asset.tenant, record.key, asset.create_time.ToNanoseconds(), record.expire_ns,
+                 asset.SerializeToString()),
+            )
+
+    async def get_asset(self, asset_id: str) -> AssetRecord | None:
+        row = self._db.execute("SELECT asset, storage_key FROM assets WHERE id = ?", (asset_id,)).fetchone()
+        return AssetRecord(asset_pb2.Asset.FromString(row[0]), row[1]) if row else None
+
+    async def delete_asset(self, asset_id: str) -> None:
+        with self._db:
+            self._db.execute("DELETE FROM assets WHERE id = ?", (asset_id,))
+
+    async def expired_assets(self, cutoff_ns: int, limit: int = 500) -> builtins.list[AssetRecord]:
+        rows = self._db.execute(
+            "SELECT asset, storage_key FROM assets WHERE expire_ns < ? ORDER BY expire_ns LIMIT ?", (cutoff_ns, limit)
+        ).fetchall()
+        return [AssetRecord(asset_pb2.Asset.FromString(a), k) for a, k in rows]
 
     async def close(self) -> None:
         self._db.close()

@@ -14,6 +14,7 @@ EXPECTED_SERVICES = {
     "mediagen.v1.SoundEffectService",
     "mediagen.v1.ImageService",
     "mediagen.v1.CatalogService",
+    "mediagen.v1.AssetService",
     "mediagen.v1.UsageService",
     "grpc.health.v1.Health",
     "grpc.reflection.v1.ServerReflection",

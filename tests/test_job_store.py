@@ -16,9 +16,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from mediagen.v1 import common_pb2
+from mediagen.v1 import asset_pb2, common_pb2
 from providers.errors import BudgetExceeded, InvalidArgument
-from server.store import BudgetCheck, JobRecord, JobStore, LeaseLost, SQLiteJobStore, WebhookItem
+from server.store import (
+    AssetRecord,
+    BudgetCheck,
+    JobRecord,
+    JobStore,
+    LeaseLost,
+    SQLiteJobStore,
+    WebhookItem,
+)
 from tests.pg import fresh_schema
 
 VIDEO, SPEECH = common_pb2.MEDIA_TYPE_VIDEO, common_pb2.MEDIA_TYPE_SPEECH
@@ -320,6 +328,37 @@ async def test_webhook_outbox(open_store):
         assert not ids_a & ids_b
         assert len(ids_a | ids_b) == 30  # items[2] is still claimed by the read above
         assert await other.due_webhooks(now + 10) == []  # all claimed
+
+
+async def test_assets_are_kept_found_expired_and_deleted(open_store):
+    store = await open_store("a")
+    now = time.time_ns()
+
+    def asset(number: int, expire_ns: int | None) -> AssetRecord:
+        message = asset_pb2.Asset(id=f"asset_{number:032x}", content_type="image/png", size_bytes=10, tenant="t")
+        message.create_time.FromNanoseconds(now)
+        if expire_ns is not None:
+            message.expire_time.FromNanoseconds(expire_ns)
+        return AssetRecord(message, f"t/assets/{message.id}.png")
+
+    records = [asset(1, now - 3), asset(2, now - 5), asset(3, now + 10**12), asset(4, None)]
+    for record in records:
+        await store.create_asset(record)
+    got = await store.get_asset(records[0].asset.id)
+    assert got == records[0]
+    assert await store.get_asset("asset_" + "f" * 32) is None
+    # Oldest expiry first; an asset without one never expires.
+    assert [r.asset.id for r in await store.expired_assets(now)] == [records[1].asset.id, records[0].asset.id]
+    assert [r.asset.id for r in await store.expired_assets(now, limit=1)] == [records[1].asset.id]
+    if store.shared:  # another replica sees them at once
+        other = await open_store("b")
+        assert await other.get_asset(records[3].asset.id) == records[3]
+    await store.delete_asset(records[1].asset.id)
+    await store.delete_asset(records[1].asset.id)  # absent is fine
+    assert [r.asset.id for r in await store.expired_assets(now + 2 * 10**12)] == [
+        records[0].asset.id,
+        records[2].asset.id,
+    ]
 
 
 # --- PostgreSQL only: leases, cancel requests, notifications, migrations ------------------------

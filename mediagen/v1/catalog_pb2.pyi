@@ -168,7 +168,10 @@ class ProviderLimits(_message.Message):
     """Longest text in characters (per request to the vendor; longer text is split)."""
     max_count: _builtins.int
     max_input_bytes: _builtins.int
-    """Largest input image the vendor takes, in bytes (over every form it takes)."""
+    """Largest input image, in bytes, the provider takes. Where the limit differs
+    by form (a data URI, a URL the vendor fetches, an upload), the notes give
+    each; a larger asset may still go by URL where the vendor fetches URLs.
+    """
     max_input_pixels: _builtins.int
     """Most pixels (width x height) of an input image the vendor takes."""
     max_prompt_characters: _builtins.int
