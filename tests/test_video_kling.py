@@ -243,7 +243,7 @@ def refused():
         ({"input_image": {"data": skinny}}, "input_image.data"),
         ({"input_image": {"data": webp}}, "input_image.content_type"),
         ({"input_image": {"uri": "http://img.example.com/a.png"}}, "input_image.uri"),
-        ({"input_image": {"asset_id": "a-1"}}, "input_image"),
+        ({"input_image": {"asset_id": "a-1"}}, "input_image.asset_id"),
         ({"model": "kling-v9"}, "model"),
     ]
 

@@ -27,11 +27,17 @@ per-image price: costs are reported as 0 with a note.
 Midjourney's own parameters ride in the prompt: aspect_ratio becomes ``--ar``,
 negative_prompt ``--no``, seed ``--seed``, quality ``--q`` and style ``--style``.
 ``count`` > 1 submits that many imagine tasks in one job (one 2x2 grid each).
+
+An input image is an image prompt: Midjourney takes image prompts as URLs at
+the front of the prompt, and the proxy also takes one as a ``base64`` data
+URI. The caller's https URL goes in the prompt; an uploaded asset goes there
+as a presigned URL of the stored file when the storage signs URLs (S3), else
+as a data URI (at most 10 MiB, or re-encoded to fit with ``provider_options
+{"fit_input": true}``); inline bytes go as a data URI.
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import os
@@ -43,6 +49,7 @@ import httpx
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -69,6 +76,7 @@ from providers.errors import (
     ProviderUnavailable,
 )
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env
+from providers.inputs import FIT_OPTION, InputMedia, fit_option_problems, wants_fit
 from providers.retry import RetryPolicy
 from providers.secrets import env_secret
 
@@ -85,8 +93,9 @@ QUALITIES = (".25", ".5", "1", "2", "4")
 MAX_COUNT = 4
 MAX_PROMPT = 4000
 MAX_INPUT_BYTES = 10 * 1024 * 1024
+MAX_DATA_URI_CHARS = len("data:image/jpeg;base64,") + 4 * ((MAX_INPUT_BYTES + 2) // 3)
 ACTIONS = ("UPSCALE", "VARIATION", "REROLL")
-OPTIONS = ("action", "index", "task_id", "custom_id", "bot_type")
+OPTIONS = ("action", "index", "task_id", "custom_id", "bot_type", FIT_OPTION)
 BOT_TYPES = ("MID_JOURNEY", "NIJI_JOURNEY")
 
 #: Submit codes that carry a task id to follow.
@@ -191,6 +200,7 @@ class Midjourney(Provider):
                 max_count=MAX_COUNT,
                 max_prompt_characters=MAX_PROMPT,
                 max_input_bytes=MAX_INPUT_BYTES,
+                input_forms=["url", "data_uri"],
             ),
             prices=[
                 catalog_pb2.Price(
@@ -215,8 +225,9 @@ class Midjourney(Provider):
                 "aspect_ratio, negative_prompt, seed, quality (.25|.5|1|2|4) and style become "
                 "--ar, --no, --seed, --q and --style in the prompt; --v and other flags may be "
                 "written in the prompt",
-                "input_image: data is sent as the image prompt (base64), an https uri is put "
-                "in front of the prompt",
+                "input_image: an https uri, or an asset on S3 storage (presigned URL), is put in front "
+                "of the prompt; inline data, or an asset on local storage, is sent as the base64 image "
+                "prompt (at most 10 MiB)",
                 'provider_options: {"action": "UPSCALE"|"VARIATION"|"REROLL", "index": 1-4, '
                 '"task_id": <grid task>} (POST /mj/submit/change) or {"custom_id": <button '
                 'customId>, "task_id": ...} (POST /mj/submit/action, plus/relays); '
@@ -252,8 +263,6 @@ class Midjourney(Provider):
             out.append(FieldViolation("style", "must be a plain word such as raw", "INVALID_FORMAT"))
         if "--" in request.negative_prompt:
             out.append(FieldViolation("negative_prompt", "must not contain --", "INVALID_FORMAT"))
-        if request.HasField("input_image") and request.input_image.WhichOneof("source") == "asset_id":
-            out.append(FieldViolation("input_image.asset_id", "give data or an https uri", "UNSUPPORTED"))
         out += self._option_problems(provider_options(request), request)
         if out:
             raise InvalidArgument(
@@ -297,6 +306,7 @@ class Midjourney(Provider):
             out.append(FieldViolation("count", "must be 1 for an upscale or variation", "OUT_OF_RANGE"))
         if follow_up and request.HasField("input_image"):
             out.append(FieldViolation("input_image", "not used by an upscale or variation", "UNSUPPORTED"))
+        out += fit_option_problems(options)
         return out
 
     # --- cost ---------------------------------------------------------------
@@ -309,11 +319,13 @@ class Midjourney(Provider):
     def _path(self, rest: str) -> str:
         return self._prefix + rest
 
-    def _final_prompt(self, request: Message) -> str:
+    def _final_prompt(self, request: Message, image_url: str = "") -> str:
         parts = []
         source = request.input_image.WhichOneof("source") if request.HasField("input_image") else None
         if source == "uri":
             parts.append(request.input_image.uri)
+        elif image_url:
+            parts.append(image_url)
         parts.append(request.prompt.strip())
         if request.aspect_ratio:
             parts.append(f"--ar {request.aspect_ratio}")
@@ -327,7 +339,7 @@ class Midjourney(Provider):
             parts.append(f"--style {request.style}")
         return " ".join(parts)
 
-    def _submission(self, request: Message) -> tuple[str, dict[str, Any]]:
+    def _submission(self, request: Message, image_url: str = "", data_uri: str = "") -> tuple[str, dict[str, Any]]:
         options = provider_options(request)
         extra = {"botType": options["bot_type"]} if "bot_type" in options else {}
         if "custom_id" in options:
@@ -337,15 +349,40 @@ class Midjourney(Provider):
             if options["action"] != "REROLL":
                 body["index"] = int(options["index"])
             return self._path("submit/change"), body
-        body = {"prompt": self._final_prompt(request), **extra}
-        if request.HasField("input_image") and request.input_image.WhichOneof("source") == "data":
-            content_type = request.input_image.content_type or _sniff_image(request.input_image.data)
-            encoded = base64.b64encode(request.input_image.data).decode("ascii")
-            body["base64"] = f"data:{content_type};base64,{encoded}"
+        body = {"prompt": self._final_prompt(request, image_url), **extra}
+        if data_uri:
+            body["base64"] = data_uri
         return self._path("submit/imagine"), body
 
+    def validate_input(self, request: Message, media: InputMedia) -> None:
+        if media.source == "uri" or media.may_have_public_url:
+            return  # the image goes by URL
+        if media.content_type not in _IMAGE_TYPES.values():
+            raise InvalidArgument.field(media.field, "must be a PNG, JPEG or WebP image", "UNSUPPORTED_VALUE")
+        if media.size is not None and media.size > MAX_INPUT_BYTES and not wants_fit(provider_options(request)):
+            raise InvalidArgument.field(
+                media.field,
+                f"at most {MAX_INPUT_BYTES} bytes as a base64 image prompt ({media.size} given); with S3 "
+                'storage assets go by URL, or set provider_options {"fit_input": true} to re-encode it',
+                "TOO_LARGE",
+            )
+
+    async def _image_prompt(self, request: Message, ctx: JobContext) -> tuple[str, str]:
+        """(URL for the prompt, base64 data URI): one of them for inline bytes or an asset."""
+        media = inputs.from_request(request, ctx)
+        if media is None or media.source == "uri":
+            return "", ""
+        url = await media.public_url(inputs.url_ttl(ctx))
+        if url:
+            return url, ""
+        if media.size is not None and media.size > MAX_INPUT_BYTES and wants_fit(provider_options(request)):
+            media = await inputs.fit_input(media, types=["image/jpeg", "image/png"], max_bytes=MAX_INPUT_BYTES)
+        return "", await media.as_data_uri(MAX_DATA_URI_CHARS)
+
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
-        path, body = self._submission(request)
+        follow_up = bool({"action", "custom_id"} & set(provider_options(request)))
+        image_url, data_uri = ("", "") if follow_up else await self._image_prompt(request, ctx)
+        path, body = self._submission(request, image_url, data_uri)
         tasks: list[str] = []
         for _ in range(request.count or 1):
 
@@ -470,14 +507,3 @@ class Midjourney(Provider):
 
 def _earlier(tasks: list[str]) -> str:
     return f" (tasks already accepted in this job: {', '.join(tasks)})" if tasks else ""
-
-
-def _sniff_image(data: bytes) -> str:
-    if data.startswith(b"\x89PNG"):
-        return "image/png"
-    if data.startswith(b"\xff\xd8"):
-        return "image/jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return "image/png"
-

@@ -10,6 +10,11 @@ paths through ``provider_options``:
   ``"content_rejected"`` (CONTENT_REJECTED), ``"unavailable"`` (PROVIDER_UNAVAILABLE).
 - ``mock_latency_seconds``: total simulated latency of this job (overrides
   the server's ``mock_latency``).
+
+An input image (inline or an uploaded asset) is read through, as a vendor
+would, and its SHA-256 is put in the artifact's metadata (``inputSha256``);
+a URL is not fetched (mocks stay offline). The image does not change the
+rendered media.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -118,13 +124,21 @@ class MockProvider(Provider):
             raise ContentRejected("mock: the prompt was refused by moderation", provider=self.name)
         if behavior == "unavailable":
             raise ProviderUnavailable("mock: service unavailable", provider=self.name)
+        render = self.render_args(request, ctx.job_id)
+        image = inputs.from_request(request, ctx)
+        if image is not None and image.source != "uri":
+            digest = hashlib.sha256()
+            async with image.open() as chunks:
+                async for chunk in chunks:
+                    digest.update(chunk)
+            render["input_sha256"] = digest.hexdigest()
         return VendorHandle(
             vendor_job_id=f"mock-{ctx.job_id}",
             data={
                 "start": time.time(),
                 "latency": float(options.get("mock_latency_seconds", self.latency)),
                 "behavior": behavior,
-                "render": self.render_args(request, ctx.job_id),
+                "render": render,
             },
         )
 
@@ -142,8 +156,11 @@ class MockProvider(Provider):
                     error=ProviderJobFailed("mock: the generation failed", provider=self.name, metadata={"vendorStatus": "failed"}),
                 )
             render = handle.data["render"]
+            metadata = {"seed": str(render["seed"])}
+            if render.get("input_sha256"):
+                metadata["inputSha256"] = render["input_sha256"]
             return PollResult(VendorState.SUCCEEDED, outputs=[
-                Output(content_type=render["content_type"], metadata={"seed": str(render["seed"])}, data={"index": i})
+                Output(content_type=render["content_type"], metadata=dict(metadata), data={"index": i})
                 for i in range(render.get("count", 1))
             ])
         fraction = elapsed / latency
@@ -202,7 +219,6 @@ class MockVideo(MockProvider):
             max_duration_seconds=30,
             aspect_ratios=list(_ASPECT_SIZES),
             max_prompt_characters=4000,
-            max_input_bytes=16 * 1024 * 1024,
         )
         return self._entry(["text_to_video", "image_to_video"], limits, common_pb2.PRICE_UNIT_SECOND)
 

@@ -23,6 +23,15 @@ server trouble. Task status is ``submitted`` -> ``processing`` -> ``succeed`` |
 ``data.task_result.videos[0].url`` (kept 30 days) and ``final_unit_deduction``
 is what Kling charged. Kling has no cancel call and reports no progress.
 
+Input images (``image``): Kling takes a URL or bare base64 (no ``data:``
+prefix) of a JPEG or PNG of at most 10 MB, at least 300 px a side, aspect
+ratio between 1:2.5 and 2.5:1. The caller's https URL is passed as is; inline
+bytes and uploaded assets go as base64 (read from storage at submit), which
+works with local and S3 storage alike and needs no URL that Kling's servers
+can reach. An image outside those limits is refused at Generate, unless the
+caller set ``provider_options {"fit_input": true}``: then it is re-encoded
+(JPEG; cropped to 2.5:1, scaled up to 300 px, compressed under 10 MB).
+
 Submits are safe to repeat: each carries ``external_task_id`` = the mediagen
 job id, which Kling keeps unique per account. A create whose answer was lost
 is retried; when Kling then refuses the duplicate id, the task is found by that
@@ -47,6 +56,7 @@ import httpx
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -77,6 +87,14 @@ from providers.errors import (
     ProviderUnavailable,
 )
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env
+from providers.inputs import (
+    FIT_OPTION,
+    InlineInput,
+    InputMedia,
+    fit_input,
+    fit_option_problems,
+    wants_fit,
+)
 from providers.retry import retry_after_from_headers
 from providers.secrets import env_secret, register
 
@@ -328,6 +346,32 @@ def _image_size(data: bytes) -> tuple[int, int] | None:
         return None
 
 
+def _image_problems(media: InputMedia, *, fit: bool = False) -> list[FieldViolation]:
+    """What Kling would refuse about an image known by its measurements (none that
+    re-encoding can fix, when ``fit``)."""
+    out: list[FieldViolation] = []
+    field = media.field
+    if media.content_type not in IMAGE_TYPES and not (fit and media.content_type == "image/webp"):
+        out.append(
+            FieldViolation(
+                field,
+                f"Kling takes JPEG or PNG images, not {media.content_type or 'an unknown type'}"
+                + ("" if fit else ' (provider_options {"fit_input": true} converts it)'),
+                "UNSUPPORTED_VALUE",
+            )
+        )
+        return out
+    if fit:
+        return out  # size, sides and aspect ratio can all be fitted
+    if media.size is not None and media.size > MAX_IMAGE_BYTES:
+        out.append(FieldViolation(field, f"at most 10 MB for Kling ({media.size} bytes given)", "TOO_LARGE"))
+    if media.width and min(media.width, media.height) < MIN_IMAGE_SIDE:
+        out.append(FieldViolation(field, f"Kling needs at least {MIN_IMAGE_SIDE} px a side", "TOO_SMALL"))
+    if media.width and max(media.width / media.height, media.height / media.width) > MAX_IMAGE_ASPECT:
+        out.append(FieldViolation(field, "aspect ratio must be between 1:2.5 and 2.5:1", "OUT_OF_RANGE"))
+    return out
+
+
 @dataclass
 class _Plan:
     model: KlingModel
@@ -396,6 +440,7 @@ class KlingVideo(Provider):
                 aspect_ratios=list(ASPECT_RATIOS),
                 max_prompt_characters=MAX_PROMPT_CHARS,
                 max_input_bytes=MAX_IMAGE_BYTES,
+                input_forms=["url", "base64"],
             ),
             prices=prices,
             models=[
@@ -410,8 +455,9 @@ class KlingVideo(Provider):
             notes=[
                 "duration_seconds: 5 or 10 (kling-v3: 3 to 15); kling-v1-5 and kling-v2-1 are image-to-video only",
                 "aspect_ratio (16:9, 9:16, 1:1) is for text-to-video; image-to-video follows the image",
-                "input_image: https URL, or inline JPEG/PNG up to 10 MB, at least 300 px a side, "
-                "aspect ratio between 1:2.5 and 2.5:1 (sent as raw base64)",
+                "input_image: an https URL (passed as is), or inline data / an asset sent as bare base64: "
+                "JPEG/PNG up to 10 MB, at least 300 px a side, aspect ratio between 1:2.5 and 2.5:1; "
+                'provider_options {"fit_input": true} re-encodes an image outside those limits',
                 "provider_options: mode (std 720p | pro 1080p; not for the master models), cfg_scale "
                 "(0-1, kling-v1.x only), sound (on|off; kling-v2-6 pro and kling-v3)",
                 "no cancel call and no progress figure; videos are kept by Kling for 30 days",
@@ -539,6 +585,8 @@ class KlingVideo(Provider):
                     )
                 else:
                     body["cfg_scale"] = float(value)
+            elif key == FIT_OPTION:
+                out += fit_option_problems(options)
             elif key == "sound":
                 if value not in ("on", "off"):
                     out.append(FieldViolation(where, "must be on or off", "UNSUPPORTED_VALUE"))
@@ -558,7 +606,7 @@ class KlingVideo(Provider):
             else:
                 out.append(
                     FieldViolation(
-                        where, "unknown option; kling takes mode, cfg_scale, sound", "UNSUPPORTED"
+                        where, "unknown option; kling takes mode, cfg_scale, sound, fit_input", "UNSUPPORTED"
                     )
                 )
         if sound and mode not in model.sound_modes:
@@ -574,9 +622,9 @@ class KlingVideo(Provider):
         if not has_image:
             body["aspect_ratio"] = request.aspect_ratio or "16:9"
         else:
-            image = self._image(request, out)
+            image = self._image(request, out, wants_fit(options))
             if image:
-                body["image"] = image
+                body["image"] = image  # else: inline bytes to fit, or an asset; sent at submit
         body["duration"] = str(seconds)
         if external_task_id:
             body["external_task_id"] = external_task_id
@@ -585,7 +633,7 @@ class KlingVideo(Provider):
         return _Plan(model, kind, mode, seconds, sound, body), out
 
     @staticmethod
-    def _image(request: Message, out: list[FieldViolation]) -> str | None:
+    def _image(request: Message, out: list[FieldViolation], fit: bool = False) -> str | None:
         image = request.input_image
         source = image.WhichOneof("source")
         if source == "uri":
@@ -597,14 +645,16 @@ class KlingVideo(Provider):
                 )
                 return None
             return image.uri
+        if source == "asset_id":
+            return None  # checked by validate_input from the asset's measurements
         if source != "data":
-            out.append(
-                FieldViolation(
-                    "input_image", "kling takes inline data or an https uri", "UNSUPPORTED"
-                )
-            )
+            out.append(FieldViolation("input_image", "set one of data, uri or asset_id", "REQUIRED"))
             return None
         data = image.data
+        if fit:
+            media = InlineInput(data, field="input_image.data")
+            if media.known and not _image_problems(media, fit=True):
+                return None  # fitted at submit
         content_type = _sniff(data)
         if content_type not in IMAGE_TYPES:
             out.append(
@@ -641,6 +691,38 @@ class KlingVideo(Provider):
                 )
             )
             return None
+        # Kling wants bare base64: a "data:" prefix is refused.
+        return base64.b64encode(data).decode("ascii")
+
+    def validate_input(self, request: Message, media: InputMedia) -> None:
+        if media.source == "uri":
+            return  # Kling fetches it
+        problems = _image_problems(media, fit=wants_fit(provider_options(request)))
+        if problems:
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in problems),
+                metadata={"provider": self.name},
+                field_violations=problems,
+            )
+
+    async def _send_image(self, media: InputMedia, fit: bool) -> str:
+        """``image`` for inline bytes or an asset: bare base64, fitted first when asked and needed."""
+        if fit and _image_problems(media):
+            media = await fit_input(
+                media,
+                types=IMAGE_TYPES,
+                max_bytes=MAX_IMAGE_BYTES,
+                min_side=MIN_IMAGE_SIDE,
+                max_aspect=MAX_IMAGE_ASPECT,
+            )
+        problems = _image_problems(media)
+        if problems:
+            raise InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in problems),
+                metadata={"provider": self.name},
+                field_violations=problems,
+            )
+        data = await media.read_bytes(MAX_IMAGE_BYTES)
         # Kling wants bare base64: a "data:" prefix is refused.
         return base64.b64encode(data).decode("ascii")
 
@@ -692,6 +774,9 @@ class KlingVideo(Provider):
                 "; ".join(f"{v.field}: {v.description}" for v in problems),
                 field_violations=problems,
             )
+        media = inputs.from_request(request, ctx)
+        if media is not None and plan.kind == "image2video" and "image" not in plan.body:
+            plan.body["image"] = await self._send_image(media, wants_fit(provider_options(request)))
         try:
             answer, _ = await http.request_json(
                 "POST",

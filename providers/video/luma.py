@@ -14,7 +14,11 @@ failed"). There is no progress figure. ``model`` is required in practice
 (ray-2, ray-flash-2, ray-1-6); ``duration`` and ``resolution`` are strings and
 apply to the Ray 2 models only. Input images go by URL only
 (``keyframes.frame0 = {"type": "image", "url"}``); Dream Machine has no upload
-and takes no data URI.
+and takes no data URI. So the caller's https URL is passed as is, and an
+uploaded asset as a presigned URL of the stored file, which needs S3 storage:
+with local storage an asset is refused at Generate (FAILED_PRECONDITION,
+``INPUT_URL_UNAVAILABLE``, naming the ``storage`` setting), and so are inline
+bytes (INVALID_ARGUMENT: there is nothing Luma could fetch).
 
 Why the newer Luma Agents API (``agents.lumalabs.ai/v1``, model ray-3.2) is not
 a model option here: it is a second API with its own key
@@ -43,6 +47,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -164,6 +169,7 @@ class LumaVideo(Provider):
                 allowed_durations_seconds=[5, 9],
                 aspect_ratios=list(ASPECT_RATIOS),
                 max_prompt_characters=MAX_PROMPT_CHARS,
+                input_forms=["url"],
             ),
             prices=prices,
             models=[
@@ -179,7 +185,8 @@ class LumaVideo(Provider):
             documentation_uri=DOCS,
             notes=[
                 "duration_seconds: 5 or 9 (ray-1-6: 5 only); prompt: 3 to 5000 characters",
-                "input_image: an https URL only (the first frame); Dream Machine takes no inline images",
+                "input_image: by URL only (the first frame): an https URL, or an asset when the server "
+                "stores on S3 (sent as a presigned URL); Dream Machine takes no inline images",
                 "provider_options: resolution (540p|720p|1080p|4k, default 720p; Ray 2 models), loop (bool)",
                 "the Luma Agents API (ray-3.2) is not offered here: separate key and API, no cancel, "
                 "no confirmed price",
@@ -274,6 +281,8 @@ class LumaVideo(Provider):
                     )
                 else:
                     resolution = value
+            elif key == inputs.FIT_OPTION:
+                out += inputs.fit_option_problems(options)  # Luma fetches the image itself: nothing to fit
             elif key == "loop":
                 if not isinstance(value, bool):
                     out.append(FieldViolation(where, "must be true or false", "INVALID_FIELD"))
@@ -282,7 +291,7 @@ class LumaVideo(Provider):
             else:
                 out.append(
                     FieldViolation(
-                        where, "unknown option; luma takes resolution, loop", "UNSUPPORTED"
+                        where, "unknown option; luma takes resolution, loop, fit_input", "UNSUPPORTED"
                     )
                 )
         if model.ray2_options:
@@ -292,6 +301,8 @@ class LumaVideo(Provider):
             source = image.WhichOneof("source")
             if source == "uri" and image.uri.startswith("https://"):
                 body["keyframes"] = {"frame0": {"type": "image", "url": image.uri}}
+            elif source == "asset_id":
+                pass  # a presigned URL of the stored asset, at submit (validate_input checks one can be had)
             elif source == "uri":
                 out.append(
                     FieldViolation(
@@ -302,7 +313,8 @@ class LumaVideo(Provider):
                 out.append(
                     FieldViolation(
                         "input_image",
-                        "Luma's Dream Machine API takes images by URL only: set input_image.uri",
+                        "Luma's Dream Machine API takes images by URL only: set input_image.uri, or upload "
+                        "the image as an asset (with S3 storage)",
                         "UNSUPPORTED",
                     )
                 )
@@ -370,6 +382,12 @@ class LumaVideo(Provider):
                 "; ".join(f"{v.field}: {v.description}" for v in problems),
                 field_violations=problems,
             )
+        media = inputs.from_request(request, ctx)
+        if media is not None and "keyframes" not in body:
+            url = await media.public_url(inputs.url_ttl(ctx))
+            if url is None:
+                raise inputs.no_public_url(media, self.name)
+            body["keyframes"] = {"frame0": {"type": "image", "url": url}}
         generation, response = await http.request_json(
             "POST", "/generations/video", json=body, idempotent=False, ctx=ctx, model=spec.name
         )

@@ -21,8 +21,14 @@ partner endpoints. The flow is fal's queue protocol:
 Configuration: the key comes from ``FAL_KEY`` (fal's SDKs), ``PIKA_API_KEY``
 (the project's first specification) or the pair ``FAL_KEY_ID`` +
 ``FAL_KEY_SECRET`` (older fal SDKs, sent as ``id:secret``). ``FAL_BASE_URL``
-replaces ``https://queue.fal.run``; only the queue API is used (inline input
-images travel as data URIs, so fal's storage REST API is not needed). When
+replaces ``https://queue.fal.run``; only the queue API is used, so fal's
+storage REST API is not needed: ``image_url`` takes a URL or a data URI. The
+caller's https URL is passed as is; an uploaded asset goes as a presigned URL
+of the stored file when the storage signs URLs (S3), else as a data URI;
+inline bytes go as a data URI. A data URI is kept to 10 MiB (fal states no
+limit; every JSON front end takes that much): a larger asset on local storage
+is refused at Generate, unless ``provider_options {"fit_input": true}`` lets
+it be re-encoded (JPEG) to fit. When
 fal answers with URLs on another origin than ``FAL_BASE_URL`` (a proxy in
 between), the same paths are called on ``FAL_BASE_URL`` instead, so the key
 is never sent anywhere else.
@@ -30,8 +36,6 @@ is never sent anywhere else.
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import AsyncIterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
@@ -40,9 +44,9 @@ from typing import Any
 import httpx
 import structlog
 from google.protobuf.message import Message
-from PIL import Image
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -64,6 +68,7 @@ from providers.errors import (
     ProviderJobFailed,
 )
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env, classify
+from providers.inputs import FIT_OPTION, InputMedia, fit_input, fit_option_problems, wants_fit
 from providers.secrets import env_secret, register
 
 log = structlog.get_logger("mediagen.providers.pika")
@@ -80,9 +85,11 @@ RESOLUTIONS = ("720p", "1080p")
 #: Inline images go to fal as data URIs inside the JSON body; fal states no
 #: limit for those, so stay at a size every JSON front end takes.
 MAX_INLINE_IMAGE_BYTES = 10 * 1024 * 1024
+#: The longest data URI sent (the bytes above, base64-encoded, with the prefix).
+MAX_DATA_URI_CHARS = len("data:image/jpeg;base64,") + 4 * ((MAX_INLINE_IMAGE_BYTES + 2) // 3)
 INPUT_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 #: provider_options keys passed to fal as they are named there.
-OPTIONS = ("resolution",)
+OPTIONS = ("resolution", FIT_OPTION)
 DOCS = "https://fal.ai/models/fal-ai/pika/v2.2/text-to-video/api"
 
 
@@ -124,12 +131,6 @@ MODELS: dict[str, PikaModel] = {
     )
 }
 DEFAULT_MODEL = "pika-v2.2"
-
-
-def _image_type(data: bytes) -> str:
-    """MIME type of an inline input image (the server took only PNG, JPEG and WebP)."""
-    with Image.open(io.BytesIO(data), formats=list(INPUT_IMAGE_TYPES)) as image:
-        return INPUT_IMAGE_TYPES[image.format]
 
 
 def _last_log(body: Mapping[str, Any]) -> str:
@@ -190,6 +191,7 @@ class PikaProvider(Provider):
                 allowed_durations_seconds=sorted({d for m in MODELS.values() for d in m.durations}),
                 aspect_ratios=list(ASPECT_RATIOS),
                 max_input_bytes=MAX_INLINE_IMAGE_BYTES,
+                input_forms=["url", "data_uri"],
             ),
             prices=prices,
             models=[
@@ -208,6 +210,9 @@ class PikaProvider(Provider):
                 "pika-v2-turbo makes 5 s clips only; pika-v2.2 makes 5 or 10 s.",
                 "With input_image the clip follows the image's aspect ratio (aspect_ratio is "
                 "refused).",
+                "input_image: an https URL or an asset on S3 storage goes by URL (presigned); inline "
+                "data and assets on local storage go as a data URI of at most 10 MiB "
+                '(provider_options {"fit_input": true} re-encodes a larger one).',
             ],
         )
 
@@ -244,13 +249,6 @@ class PikaProvider(Provider):
                 "fps", "pika does not take a frame rate", "UNSUPPORTED_FIELD"
             )
         if request.HasField("input_image"):
-            source = request.input_image.WhichOneof("source")
-            if source == "asset_id":
-                raise InvalidArgument.field(
-                    "input_image.asset_id",
-                    "pika takes the image inline (data) or as an https uri",
-                    "UNSUPPORTED_FIELD",
-                )
             if request.aspect_ratio:
                 raise InvalidArgument.field(
                     "aspect_ratio",
@@ -265,6 +263,8 @@ class PikaProvider(Provider):
                     "not taken by pika; known: " + ", ".join(OPTIONS),
                     "UNSUPPORTED_FIELD",
                 )
+        for problem in fit_option_problems(options):
+            raise InvalidArgument.field(problem.field, problem.description, problem.reason)
         if "resolution" in options and options["resolution"] not in RESOLUTIONS:
             raise InvalidArgument.field(
                 "provider_options.resolution",
@@ -325,16 +325,39 @@ class PikaProvider(Provider):
             body["aspect_ratio"] = request.aspect_ratio or ASPECT_RATIOS[0]
             return model.text_endpoint, body
         image = request.input_image
-        if image.WhichOneof("source") == "data":
-            mime = _image_type(image.data)
-            body["image_url"] = f"data:{mime};base64,{base64.b64encode(image.data).decode('ascii')}"
-        else:
+        if image.WhichOneof("source") == "uri":
             body["image_url"] = image.uri
+        # Inline bytes and assets: a URL or a data URI, at submit (_image_url).
         return model.image_endpoint, body
+
+    def validate_input(self, request: Message, media: InputMedia) -> None:
+        if media.source == "uri" or media.may_have_public_url:
+            return  # fal fetches it
+        if media.content_type not in INPUT_IMAGE_TYPES.values():
+            raise InvalidArgument.field(media.field, "must be a PNG, JPEG or WebP image", "UNSUPPORTED_VALUE")
+        if media.size is not None and media.size > MAX_INLINE_IMAGE_BYTES and not wants_fit(provider_options(request)):
+            raise InvalidArgument.field(
+                media.field,
+                f"at most {MAX_INLINE_IMAGE_BYTES} bytes as a data URI ({media.size} given); with S3 "
+                'storage assets go by URL, or set provider_options {"fit_input": true} to re-encode it',
+                "TOO_LARGE",
+            )
+
+    async def _image_url(self, request: Message, media: InputMedia, ctx: JobContext) -> str:
+        """``image_url`` for inline bytes or an asset: a presigned URL, else a data URI."""
+        url = await media.public_url(inputs.url_ttl(ctx))
+        if url is not None:
+            return url
+        if media.size is not None and media.size > MAX_INLINE_IMAGE_BYTES and wants_fit(provider_options(request)):
+            media = await fit_input(media, types=list(INPUT_IMAGE_TYPES.values()), max_bytes=MAX_INLINE_IMAGE_BYTES)
+        return await media.as_data_uri(MAX_DATA_URI_CHARS)
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
         spec = MODELS[model or DEFAULT_MODEL]
         endpoint, body = self._input(request, spec)
+        media = inputs.from_request(request, ctx)
+        if media is not None and "image_url" not in body:
+            body["image_url"] = await self._image_url(request, media, ctx)
         answer, _ = await self.http.request_json(
             "POST", endpoint, json=body, idempotent=False, ctx=ctx, model=spec.name
         )

@@ -21,8 +21,16 @@ Request mapping:
   are accepted too. Anything the model has no ratio for is refused.
 - ``duration_seconds`` must be whole seconds the model takes (gen4: 2-10,
   veo3.1: 4/6/8, veo3: 8, gen3a_turbo: 5/10); 0 picks the model's default.
-- ``input_image``: inline bytes go as a ``data:`` URI (JPEG/PNG/WebP, at most
-  5 MB encoded), a ``uri`` must be https on a domain name (Runway fetches it).
+- ``input_image`` (JPEG, PNG or WebP), passed the way Runway takes it: the
+  caller's ``uri`` as is (https on a domain name, at most 2048 characters;
+  Runway fetches it), inline bytes or an asset as a ``data:`` URI while the
+  URI stays within Runway's 5 MB, and anything larger (up to Runway's 200 MB)
+  through Runway's ephemeral upload: ``POST /v1/uploads {filename, type:
+  "ephemeral"}`` answers ``{uploadUrl, fields, runwayUri}``; the file goes to
+  ``uploadUrl`` as a multipart form (``fields``, then ``file``), streamed from
+  storage, and ``promptImage`` is the ``runway://`` URI (the flow of Runway's
+  SDK, ``uploads.create_ephemeral``). A presigned S3 URL is not used: Runway
+  checks URLs with a HEAD request, which a URL signed for GET does not answer.
 - ``provider_options``: ``contentModeration`` ({publicFigureThreshold:
   auto|low}) and ``audio`` (veo3.1), as Runway names them.
 
@@ -32,7 +40,6 @@ per second of output, billed on the requested duration.
 
 from __future__ import annotations
 
-import base64
 import ipaddress
 import re
 from collections.abc import AsyncIterator
@@ -44,6 +51,7 @@ from urllib.parse import urlsplit
 from google.protobuf.message import Message
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -69,6 +77,13 @@ from providers.errors import (
     ProviderNotConfigured,
 )
 from providers.http import UrlPolicy, VendorHTTP, base_url_from_env
+from providers.inputs import (
+    FIT_OPTION,
+    IMAGE_TYPES,
+    InputMedia,
+    fit_option_problems,
+    normalise_type,
+)
 from providers.secrets import env_secret
 
 DEFAULT_BASE_URL = "https://api.dev.runwayml.com"
@@ -80,8 +95,9 @@ CREDIT_USD = 0.01
 MAX_PROMPT_UTF16 = 1000
 #: Runway's cap on an inline image: the whole data URI, encoded.
 MAX_DATA_URI_BYTES = 5 * 1000 * 1000
+#: Runway's cap on an image sent through POST /v1/uploads.
+MAX_UPLOAD_BYTES = 200 * 1000 * 1000
 MAX_IMAGE_URL_CHARS = 2048
-IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp")
 SEED_MAX = 4_294_967_295
 
 GEN4_RATIOS = ("1280:720", "720:1280", "1104:832", "832:1104", "960:960", "1584:672")
@@ -223,7 +239,8 @@ class RunwayVideo(Provider):
             aspect_ratios=[*COMMON_RATIOS, *native],
             sizes=[r.replace(":", "x") for r in native],
             max_prompt_characters=MAX_PROMPT_UTF16,
-            max_input_bytes=(MAX_DATA_URI_BYTES - len("data:image/jpeg;base64,")) // 4 * 3,
+            max_input_bytes=MAX_UPLOAD_BYTES,
+            input_forms=["url", "data_uri", "upload"],
         )
         prices = []
         for model in MODELS.values():
@@ -274,8 +291,9 @@ class RunwayVideo(Provider):
                 "aspect_ratio maps 16:9, 9:16, 1:1, 4:3, 3:4 and 21:9 onto Runway's pixel ratios "
                 "(e.g. 16:9 -> 1280:720); Runway's own ratios and width x height are accepted as well",
                 "duration_seconds: whole seconds; gen4.5/gen4_turbo 2-10, veo3.1 4/6/8, veo3 8, gen3a_turbo 5/10",
-                "input_image: https URL (domain name, at most 2048 characters) or inline JPEG/PNG/WebP "
-                "of at most 5 MB as a data URI",
+                "input_image: JPEG/PNG/WebP; an https URL (domain name, at most 2048 characters) is passed "
+                "as is; inline data and assets go as a data URI up to Runway's 5 MB, larger ones (up to "
+                "200 MB) through Runway's ephemeral upload (POST /v1/uploads)",
                 "provider_options: contentModeration {publicFigureThreshold: auto|low} (image-to-video), "
                 "audio (veo3.1; estimates assume audio unless audio is false)",
                 "prompt: at most 1000 UTF-16 code units; output URLs expire within 24-48 h and are stored at once",
@@ -393,6 +411,7 @@ class RunwayVideo(Provider):
         if request.fps:
             out.append(FieldViolation("fps", "Runway does not take a frame rate", "UNSUPPORTED"))
         prompt_image = self._prompt_image(request, out) if has_image else None
+        # Inline bytes and assets are turned into a data URI or an upload at submit.
 
         body: dict[str, Any] = {
             "model": model.name,
@@ -426,6 +445,8 @@ class RunwayVideo(Provider):
                     )
                 else:
                     body["contentModeration"] = value
+            elif key == FIT_OPTION:
+                out += fit_option_problems(options)  # nothing to fit: Runway takes every input we accept
             elif key == "audio":
                 if not model.audio:
                     out.append(FieldViolation(where, f"{model.name} makes no audio", "UNSUPPORTED"))
@@ -437,7 +458,7 @@ class RunwayVideo(Provider):
                 out.append(
                     FieldViolation(
                         where,
-                        "unknown option; runway takes contentModeration, audio",
+                        "unknown option; runway takes contentModeration, audio, fit_input",
                         "UNSUPPORTED",
                     )
                 )
@@ -445,14 +466,11 @@ class RunwayVideo(Provider):
         return model, body, out
 
     def _prompt_image(self, request: Message, out: list[FieldViolation]) -> str | None:
+        """The caller's URL, checked; None for inline data and assets (sent at submit)."""
         image = request.input_image
         source = image.WhichOneof("source")
         if source == "data":
-            data = image.data
-            declared = image.content_type.split(";")[0].strip().lower()
-            if declared == "image/jpg":
-                declared = "image/jpeg"
-            content_type = declared or sniff_image_type(data)
+            content_type = normalise_type(image.content_type) or sniff_image_type(image.data)
             if content_type not in IMAGE_TYPES:
                 out.append(
                     FieldViolation(
@@ -461,17 +479,9 @@ class RunwayVideo(Provider):
                         "UNSUPPORTED_VALUE",
                     )
                 )
-                return None
-            if _data_uri_length(content_type, len(data)) > MAX_DATA_URI_BYTES:
-                out.append(
-                    FieldViolation(
-                        "input_image.data",
-                        "too large for Runway's 5 MB data URI limit; pass an https URL instead",
-                        "TOO_LARGE",
-                    )
-                )
-                return None
-            return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+            elif len(image.data) > MAX_UPLOAD_BYTES:
+                out.append(FieldViolation("input_image.data", f"at most {MAX_UPLOAD_BYTES} bytes for Runway", "TOO_LARGE"))
+            return None
         if source == "uri":
             uri = image.uri
             parts = urlsplit(uri)
@@ -491,14 +501,68 @@ class RunwayVideo(Provider):
                 out.append(FieldViolation("input_image.uri", problem, "INVALID_FORMAT"))
                 return None
             return uri
-        out.append(
-            FieldViolation(
-                "input_image",
-                "runway takes inline data or an https uri, not an asset id",
-                "UNSUPPORTED",
+        if source is None:
+            out.append(FieldViolation("input_image", "set one of data, uri or asset_id", "REQUIRED"))
+        return None  # an asset: checked by validate_input, sent at submit
+
+    def validate_input(self, request: Message, media: InputMedia) -> None:
+        super().validate_input(request, media)
+        if media.source != "uri" and media.content_type not in IMAGE_TYPES:
+            raise InvalidArgument.field(
+                media.field, f"Runway takes JPEG, PNG or WebP images, not {media.content_type or 'an unknown type'}",
+                "UNSUPPORTED_VALUE",
             )
+
+    async def _send_image(self, media: InputMedia, ctx: JobContext, model: str) -> str:
+        """``promptImage`` for inline bytes or an asset: a data URI within 5 MB, else an upload."""
+        content_type = media.content_type
+        if content_type not in IMAGE_TYPES:
+            raise InvalidArgument.field(
+                media.field, f"Runway takes JPEG, PNG or WebP images, not {content_type or 'an unknown type'}",
+                "UNSUPPORTED_VALUE",
+            )
+        size = media.size if media.size is not None else len(await media.read_bytes(MAX_UPLOAD_BYTES))
+        if _data_uri_length(content_type, size) <= MAX_DATA_URI_BYTES:
+            return await media.as_data_uri(MAX_DATA_URI_BYTES)
+        if size > MAX_UPLOAD_BYTES:
+            raise media.too_large(MAX_UPLOAD_BYTES, " for Runway")
+        http = self._client()
+        filename = f"input{IMAGE_TYPES[content_type]}"
+        answer, response = await http.request_json(
+            "POST",
+            "/v1/uploads",
+            json={"filename": filename, "type": "ephemeral"},
+            idempotent=True,  # an upload slot that is never used costs nothing
+            ctx=ctx,
+            model=model,
         )
-        return None
+        slot = answer if isinstance(answer, dict) else {}
+        upload_url, fields, runway_uri = slot.get("uploadUrl"), slot.get("fields"), slot.get("runwayUri")
+        if (
+            not isinstance(upload_url, str)
+            or not isinstance(runway_uri, str)
+            or not runway_uri.startswith("runway://")
+            or not isinstance(fields, dict)
+        ):
+            raise ProviderBadResponse(
+                "runway answered an upload request without uploadUrl, fields and a runway:// runwayUri",
+                provider=self.name,
+                model=model,
+                http_status=response.status_code,
+                retryable=False,
+            )
+        await http.post_file(
+            upload_url,
+            fields={str(k): str(v) for k, v in fields.items()},
+            file_field="file",
+            filename=filename,
+            content_type=content_type,
+            size=size,
+            open_file=media.open,
+            ctx=ctx,
+            model=model,
+        )
+        return runway_uri
 
     def validate(self, request: Message) -> None:
         violations = check_limits(self.describe().limits, request)
@@ -561,6 +625,9 @@ class RunwayVideo(Provider):
                 field_violations=problems,
             )
         endpoint = body.pop("_endpoint")
+        media = inputs.from_request(request, ctx)
+        if media is not None and "promptImage" not in body:
+            body["promptImage"] = await self._send_image(media, ctx, spec.name)
         answer, response = await http.request_json(
             "POST", f"/v1/{endpoint}", json=body, idempotent=False, ctx=ctx, model=spec.name
         )

@@ -20,6 +20,12 @@ The contract:
   unknown or expired id (results were kept about 24 h).
 - No cancel call: ``cancel`` returns False and the job just stops locally.
 
+The image is always sent as a file part, whatever the caller gave: inline
+bytes, an uploaded asset (read from storage), or an https URL (fetched without
+any credentials, at most 10 MiB). One of another size is refused at Generate
+unless ``provider_options {"fit_input": true}``: then it is cropped around
+its centre to the allowed size of the nearest aspect ratio and sent as PNG.
+
 ``Accept: video/*`` rather than JSON: the JSON form carries the same clip as
 base64. ``poll`` reads the finished answer once (bounded, to see the
 ``finish-reason``: a CONTENT_FILTERED clip is a ContentRejected failure), and
@@ -40,6 +46,7 @@ from google.protobuf.message import Message
 from PIL import Image, UnidentifiedImageError
 
 from mediagen.v1 import catalog_pb2, common_pb2
+from providers import inputs
 from providers.base import (
     JobContext,
     Output,
@@ -53,11 +60,11 @@ from providers.base import (
 )
 from providers.errors import (
     InvalidArgument,
-    OutputTooLarge,
     ProviderBadResponse,
     ProviderError,
 )
 from providers.http import MAX_RESPONSE_BYTES
+from providers.inputs import FIT_OPTION, InlineInput, InputMedia, fit_option_problems, wants_fit
 from providers.stability_common import (
     CREDIT_MICROS,
     CREDIT_NOTE,
@@ -70,6 +77,7 @@ from providers.stability_common import (
 
 MODEL = "stable-video-diffusion"
 SIZES = {"1024x576": "16:9", "576x1024": "9:16", "768x768": "1:1"}
+EXACT_SIZES = [(1024, 576), (576, 1024), (768, 768)]
 IMAGE_TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg")}
 #: The v2beta API refused requests over 10 MiB (413).
 MAX_INPUT_BYTES = 10 * 1024 * 1024
@@ -88,6 +96,13 @@ OPTIONS: dict[str, tuple[type, float, float]] = {
     "motion_bucket_id": (int, 1, 255),
 }
 DOCS = "https://platform.stability.ai/docs/api-reference#tag/Image-to-Video"
+
+
+def _fitted_size(width: int, height: int) -> tuple[int, int]:
+    """The allowed size an image of this shape is fitted to (the nearest aspect ratio)."""
+    if not width or not height:
+        return EXACT_SIZES[0]
+    return min(EXACT_SIZES, key=lambda s: abs(s[0] / s[1] - width / height))
 
 
 def _inspect(data: bytes, field: str) -> tuple[str, str, str]:
@@ -140,7 +155,9 @@ class StabilityVideoProvider(Provider):
                 aspect_ratios=list(dict.fromkeys(SIZES.values())),
                 sizes=list(SIZES),
                 max_input_bytes=MAX_INPUT_BYTES,
+                max_input_pixels=max(w * h for w, h in EXACT_SIZES),
                 input_image_required=True,
+                input_forms=["multipart"],
             ),
             prices=[
                 catalog_pb2.Price(
@@ -163,7 +180,9 @@ class StabilityVideoProvider(Provider):
             documentation_uri=DOCS,
             notes=[
                 "image-to-video only: input_image is a JPEG or PNG of exactly 1024x576, 576x1024 "
-                "or 768x768; the clip has the image's size",
+                "or 768x768; the clip has the image's size; sent as a multipart file (inline data, an "
+                'asset, or an https URL fetched by mediagen); provider_options {"fit_input": true} '
+                "crops and scales another image to the nearest allowed size",
                 "the API takes no prompt: the request's prompt is not sent",
                 "fixed clip length: duration_seconds must be left at 0",
                 "provider_options: cfg_scale (0-10, default 1.8), motion_bucket_id (1-255, "
@@ -194,31 +213,20 @@ class StabilityVideoProvider(Provider):
                 raise InvalidArgument.field(name, why, "UNSUPPORTED_FIELD")
         image = request.input_image
         source = image.WhichOneof("source")
-        if source == "asset_id":
-            raise InvalidArgument.field(
-                "input_image.asset_id",
-                "give the image inline (data) or as an https uri",
-                "UNSUPPORTED_FIELD",
-            )
+        options = provider_options(request)
         if source == "data":
-            _, _, size = _inspect(image.data, "input_image.data")
-            if request.width and f"{request.width}x{request.height}" != size:
-                raise InvalidArgument.field(
-                    "width", f"the clip has the input image's size ({size})", "UNSUPPORTED_VALUE"
-                )
-            if request.aspect_ratio and request.aspect_ratio != SIZES[size]:
-                raise InvalidArgument.field(
-                    "aspect_ratio",
-                    f"the clip has the input image's aspect ratio ({SIZES[size]})",
-                    "UNSUPPORTED_VALUE",
-                )
+            self.validate_input(request, InlineInput(image.data, field="input_image.data"))
         if request.HasField("seed") and not 0 <= request.seed <= SEED_MAX:
             raise InvalidArgument.field("seed", f"must be from 0 to {SEED_MAX}", "OUT_OF_RANGE")
-        for key, value in provider_options(request).items():
+        for problem in fit_option_problems(options):
+            raise InvalidArgument.field(problem.field, problem.description, problem.reason)
+        for key, value in options.items():
+            if key == FIT_OPTION:
+                continue
             if key not in OPTIONS:
                 raise InvalidArgument.field(
                     f"provider_options.{key}",
-                    "not taken by stability; known: " + ", ".join(OPTIONS),
+                    "not taken by stability; known: " + ", ".join([*OPTIONS, FIT_OPTION]),
                     "UNSUPPORTED_FIELD",
                 )
             kind, low, high = OPTIONS[key]
@@ -231,6 +239,32 @@ class StabilityVideoProvider(Provider):
                     "OUT_OF_RANGE",
                 )
 
+    def validate_input(self, request: Message, media: InputMedia) -> None:
+        if media.source == "uri" and not media.known:
+            return  # fetched and checked at submit
+        fit = wants_fit(provider_options(request))
+        if media.content_type not in ("image/png", "image/jpeg") and not (fit and media.content_type == "image/webp"):
+            raise InvalidArgument.field(media.field, "must be a JPEG or PNG image", "UNSUPPORTED_VALUE")
+        if fit:
+            size = f"{_fitted_size(media.width, media.height)[0]}x{_fitted_size(media.width, media.height)[1]}"
+        else:
+            size = f"{media.width}x{media.height}"
+            if size not in SIZES:
+                raise InvalidArgument.field(
+                    media.field,
+                    f"must be exactly {', '.join(SIZES)} pixels (got {size}); "
+                    'provider_options {"fit_input": true} crops and scales it',
+                    "UNSUPPORTED_VALUE",
+                )
+            if media.size is not None and media.size > MAX_INPUT_BYTES:
+                raise media.too_large(MAX_INPUT_BYTES, " for stability")
+        if request.width and f"{request.width}x{request.height}" != size:
+            raise InvalidArgument.field("width", f"the clip has the input image's size ({size})", "UNSUPPORTED_VALUE")
+        if request.aspect_ratio and request.aspect_ratio != SIZES[size]:
+            raise InvalidArgument.field(
+                "aspect_ratio", f"the clip has the input image's aspect ratio ({SIZES[size]})", "UNSUPPORTED_VALUE"
+            )
+
     def estimate_cost(self, request: Message, model: str) -> common_pb2.Cost:
         return make_cost(
             CREDITS, common_pb2.PRICE_UNIT_CREDIT, CREDIT_MICROS, common_pb2.COST_BASIS_ESTIMATED
@@ -239,46 +273,42 @@ class StabilityVideoProvider(Provider):
     # --- the job ------------------------------------------------------------
 
     async def _input_image(self, request: Message, ctx: JobContext) -> tuple[str, bytes, str]:
-        """(file name, bytes, MIME type) of the input image, fetched when given by URI."""
-        image = request.input_image
-        if image.WhichOneof("source") == "data":
-            mime, extension, _ = _inspect(image.data, "input_image.data")
-            return f"image.{extension}", image.data, mime
-        field = "input_image.uri"
+        """(file name, bytes, MIME type) of the input image: inline, an asset read from
+        storage, or a URL fetched; fitted to an allowed size when the caller asked."""
+        media = inputs.from_request(request, ctx, fetch=self._fetch)
+        if media is None:
+            raise InvalidArgument.field("input_image", "required by this provider", "REQUIRED")
+        fit = wants_fit(provider_options(request))
+        data = await media.read_bytes(inputs.MAX_READ_BYTES if fit else MAX_INPUT_BYTES)
+        field = media.field
+        if fit:
+            head = inputs.detect_bytes(data, field)
+            if f"{head.width}x{head.height}" not in SIZES or head.content_type not in ("image/png", "image/jpeg"):
+                media = await inputs.fit_input(
+                    media, types=["image/png"], max_bytes=MAX_INPUT_BYTES, exact_sizes=EXACT_SIZES
+                )
+                data = await media.read_bytes(MAX_INPUT_BYTES)
+        if len(data) > MAX_INPUT_BYTES:
+            raise InvalidArgument.field(field, f"the image is over {MAX_INPUT_BYTES} bytes", "TOO_LARGE")
+        mime, extension, _ = _inspect(data, field)
+        return f"image.{extension}", data, mime
+
+    def _fetch(self, url: str, max_bytes: int, ctx: JobContext | None) -> AbstractAsyncContextManager[AsyncIterator[bytes]]:
+        """An input URL's bytes, for an adapter used without the server's resolver."""
         try:
-            uri = httpx.URL(image.uri)
+            uri = httpx.URL(url)
         except httpx.InvalidURL:
-            raise InvalidArgument.field(field, "is not a usable URL", "INVALID_FORMAT") from None
+            raise InvalidArgument.field("input_image.uri", "is not a usable URL", "INVALID_FORMAT") from None
         api = self.http.base_url
         if (uri.scheme, uri.host, uri.port) == (api.scheme, api.host, api.port):
             # It would be fetched with the API key; an input image never lives there.
-            raise InvalidArgument.field(
-                field, "must not point at the Stability API", "INVALID_FORMAT"
-            )
-        data = bytearray()
-        try:
-            async with self.http.open_stream(
-                image.uri, ctx=ctx, max_bytes=MAX_INPUT_BYTES, model=MODEL
-            ) as chunks:
-                async for chunk in chunks:
-                    data += chunk
-        except OutputTooLarge:
-            raise InvalidArgument.field(
-                field, f"the image is over {MAX_INPUT_BYTES} bytes", "TOO_LARGE"
-            ) from None
-        except ProviderError as error:
-            if error.retryable:
-                raise
-            raise InvalidArgument.field(
-                field, f"could not be fetched: {error.message}", "UNREACHABLE"
-            ) from None
-        mime, extension, _ = _inspect(bytes(data), field)
-        return f"image.{extension}", bytes(data), mime
+            raise InvalidArgument.field("input_image.uri", "must not point at the Stability API", "INVALID_FORMAT")
+        return self.http.open_stream(url, ctx=ctx, max_bytes=max_bytes, model=MODEL)
 
     async def submit(self, request: Message, model: str, ctx: JobContext) -> VendorHandle:
         file_name, data, mime = await self._input_image(request, ctx)
         fields: dict[str, Any] = {"seed": int(request.seed) if request.HasField("seed") else 0}
-        fields.update(provider_options(request))
+        fields.update((k, v) for k, v in provider_options(request).items() if k != FIT_OPTION)
         if "motion_bucket_id" in fields:
             fields["motion_bucket_id"] = int(fields["motion_bucket_id"])
         answer, response = await self.http.request_json(

@@ -41,7 +41,7 @@ from typing import Any
 from PIL import Image
 
 from providers.mock.media import render_video
-from tests.fakes.server import FakeRequest, FakeVendorServer, Reply
+from tests.fakes.server import FakeRequest, FakeVendorServer, Reply, fetch_input
 
 FAL_KEY = "fal-" + "7d" * 18 + ":" + "e1" * 16
 APP = "fal-ai/pika"
@@ -130,6 +130,8 @@ class FalRequest:
     polls: int = 0
     cancelled: bool = False
     logs: list[dict[str, str]] = field(default_factory=list)
+    #: The input image as fal got it: a data URI decoded, or a URL fetched (``fetch_inputs``).
+    image: bytes | None = None
 
     @property
     def step(self) -> dict[str, Any]:
@@ -156,6 +158,10 @@ class FakeFal:
         #: Status sequence and outcome given to the next submitted requests.
         self.plan: list[dict[str, Any]] = list(DEFAULT_PLAN)
         self.outcome = "ok"
+        #: Fetch image_url URLs at submit, as fal does (off: tests with made-up URLs);
+        #: ``allow_http_inputs`` takes a local S3 emulator's plain-http presigned URLs.
+        self.fetch_inputs = False
+        self.allow_http_inputs = False
         self.requests: dict[str, FalRequest] = {}
         self._lock = threading.Lock()
         base = f"/{APP}/requests/{{id}}"
@@ -200,12 +206,22 @@ class FakeFal:
                 status=422, body={"detail": [model_error("body", "Invalid JSON", "json_invalid")]}
             )
         errors = self._check_input(endpoint, body)
+        image: bytes | None = None
+        url = body.get("image_url") if isinstance(body, dict) else None
+        if not errors and isinstance(url, str):
+            if url.startswith("data:"):
+                image = base64.b64decode(url.split(",", 1)[1])
+            elif self.fetch_inputs:
+                try:
+                    image = fetch_input(url, allow_http=self.allow_http_inputs)
+                except ValueError:
+                    errors.append(model_error("image_url", "Could not download the image", "file_download_error"))
         if errors:
             return Reply(status=422, body={"detail": errors})
         request_id = str(uuid.uuid4())
         with self._lock:
             self.requests[request_id] = FalRequest(
-                request_id, endpoint, body, list(self.plan), self.outcome
+                request_id, endpoint, body, list(self.plan), self.outcome, image=image
             )
         base = f"{self.server.url}/{APP}/requests/{request_id}"
         return Reply(
@@ -362,7 +378,8 @@ class FakeFal:
     def frame_size(found: FalRequest) -> tuple[int, int]:
         short = RESOLUTIONS[found.input.get("resolution", "720p")]
         if "image_url" in found.input:
-            size = _data_uri_image(found.input["image_url"]) or (16, 9)
+            size = _image_size(found.image) if found.image else None
+            size = size or _data_uri_image(found.input["image_url"]) or (16, 9)
             ratio = size[0] / size[1]
         else:
             a, b = found.input.get("aspect_ratio", "16:9").split(":")
@@ -370,6 +387,14 @@ class FakeFal:
         if ratio >= 1:
             return _even(short * ratio), short
         return short, _even(short / ratio)
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.width, image.height
+    except (OSError, ValueError):
+        return None
 
 
 def _data_uri_image(url: str) -> tuple[int, int] | None:

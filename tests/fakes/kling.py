@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import io
 import json
 import tempfile
 import threading
@@ -34,6 +35,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from PIL import Image
 
 from providers.mock.media import render_video
 from tests.fakes.server import FakeRequest, FakeVendorServer, Reply
@@ -73,6 +76,14 @@ class FakeTask:
     created_at: int
     polls: int = 0
     status: str = "submitted"
+
+    @property
+    def image(self) -> bytes | None:
+        """The input image as Kling got it (bare base64 decoded); None for a URL or none."""
+        value = self.body.get("image")
+        if not isinstance(value, str) or value.startswith("https://"):
+            return None
+        return base64.b64decode(value)
 
 
 class FakeKling:
@@ -236,9 +247,28 @@ class FakeKling:
                 return "image: base64 must not carry a data: prefix"
             if not image.startswith("https://"):
                 try:
-                    base64.b64decode(image, validate=True)
+                    data = base64.b64decode(image, validate=True)
                 except binascii.Error:
                     return "image: invalid base64"
+                return self._check_image(data)
+        return None
+
+    @staticmethod
+    def _check_image(data: bytes) -> str | None:
+        """Kling's image rules: JPG/JPEG/PNG, at most 10 MB, 300 px a side, 1:2.5 to 2.5:1."""
+        if len(data) > 10 * 1024 * 1024:
+            return "image: must not exceed 10MB"
+        try:
+            with Image.open(io.BytesIO(data)) as decoded:
+                kind, (width, height) = decoded.format, decoded.size
+        except (OSError, ValueError):
+            return "image: cannot be decoded"
+        if kind not in ("JPEG", "PNG"):
+            return "image: only JPG/JPEG/PNG are supported"
+        if min(width, height) < 300:
+            return "image: width and height must be at least 300px"
+        if max(width / height, height / width) > 2.5:
+            return "image: aspect ratio must be between 1:2.5 and 2.5:1"
         return None
 
     def _task_data(self, task: FakeTask) -> dict[str, Any]:

@@ -13,6 +13,10 @@ mounted under ``/dream-machine/v1`` as the real one is:
 - ``GET /generations/{id}`` walks ``plan``: queued, dreaming, then completed with
   ``assets.video`` (a URL on ``cdn``) or failed with ``failure_reason``;
 - ``DELETE /generations/{id}`` answers 204, and the generation is gone (404);
+- with ``fetch_inputs``, keyframe image URLs are fetched at create, as Luma does; what was fetched
+  is kept in ``FakeGeneration.frames``, and a URL that cannot be fetched
+  makes the generation fail with "Failed to read user input frames". Plain
+  http URLs (a local S3 emulator's presigned URLs) need ``allow_http_inputs``;
 - ``GET /luma/{id}.mp4`` on ``cdn`` serves a real MP4 of the asked duration,
   16:9 as 160x90 (other ratios at about the same area).
 """
@@ -22,12 +26,12 @@ from __future__ import annotations
 import tempfile
 import threading
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from providers.mock.media import render_video
-from tests.fakes.server import FakeRequest, FakeVendorServer, Reply
+from tests.fakes.server import FakeRequest, FakeVendorServer, Reply, fetch_input
 
 LUMA_KEY = "luma-" + "7c" * 24
 PREFIX = "/dream-machine/v1"
@@ -56,6 +60,8 @@ class FakeGeneration:
     polls: int = 0
     state: str = "queued"
     deleted: bool = False
+    #: Keyframe images as fetched from their URLs, by frame name.
+    frames: dict[str, bytes] = field(default_factory=dict)
 
 
 class FakeLuma:
@@ -69,6 +75,10 @@ class FakeLuma:
         self.plan: list[dict[str, Any]] = list(DEFAULT_PLAN)
         #: USD cents left (GET /credits); at 0 a create answers 402.
         self.credit_cents = 100_000
+        #: Fetch keyframe URLs at create, as Luma does (off: tests with made-up URLs).
+        self.fetch_inputs = False
+        #: Accept plain http keyframe URLs (a local S3 emulator's presigned URLs).
+        self.allow_http_inputs = False
         self._lock = threading.Lock()
         self._videos: dict[tuple[int, int, int], bytes] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-luma-")
@@ -146,17 +156,25 @@ class FakeLuma:
             body = request.json()
         except ValueError:
             return Reply(400, {"detail": "Invalid JSON body"})
-        if (problem := self._check(body)) is not None:
+        if (problem := self._check(body, self.allow_http_inputs)) is not None:
             return Reply(400, {"detail": problem})
+        frames: dict[str, bytes] = {}
+        plan = list(self.plan)
+        for name, frame in (body.get("keyframes") or {}).items():
+            if frame.get("type") == "image" and self.fetch_inputs:
+                try:
+                    frames[name] = fetch_input(frame["url"], allow_http=self.allow_http_inputs)
+                except ValueError:
+                    plan = [{"state": "failed", "failure_reason": "Failed to read user input frames"}]
         with self._lock:
             if self.credit_cents <= 0:
                 return Reply(402, {"detail": "Insufficient credits: top up your balance"})
-            generation = FakeGeneration(str(uuid.uuid4()), body, list(self.plan))
+            generation = FakeGeneration(str(uuid.uuid4()), body, plan, frames=frames)
             self.generations[generation.id] = generation
             return Reply(201, self._generation(generation))
 
     @staticmethod
-    def _check(body: dict[str, Any]) -> str | None:
+    def _check(body: dict[str, Any], allow_http: bool = False) -> str | None:
         if body.get("model") not in MODELS:
             return "model: Input should be 'ray-1-6', 'ray-2' or 'ray-flash-2'"
         prompt = body.get("prompt") or ""
@@ -175,7 +193,7 @@ class FakeLuma:
             if name not in ("frame0", "frame1"):
                 return f"keyframes: unknown key {name}"
             if frame.get("type") == "image" and not str(frame.get("url", "")).startswith(
-                "https://"
+                ("https://", "http://") if allow_http else "https://"
             ):
                 return f"keyframes.{name}.url: must be an https URL"
         if body.get("loop") and "frame1" in keyframes:

@@ -19,6 +19,10 @@ context path:
   ``imageUrl`` and ``buttons``); a prompt containing ``[fail]`` ends in FAILURE
   with a ``failReason``, ``[moderated]`` in FAILURE with Midjourney's moderator
   message; an unknown id answers 200 with an empty body, as the proxy does;
+- image prompts: a ``base64`` data URI, or URLs at the front of the prompt
+  (fetched at submit when ``fetch_inputs``; plain http with
+  ``allow_http_inputs``, for a local S3 emulator); what was received is kept
+  in ``FakeTask.images``; a URL that cannot be fetched gets code 4;
 - ``GET /attachments/{task}.png`` serves a real PNG: the 2x2 grid at 1/8 size
   (256x256 for IMAGINE and VARIATION, 128x128 for an upscaled image).
 
@@ -27,6 +31,7 @@ Other faults (5xx, 429, slow, dropped, malformed) go through the harness.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import random
@@ -36,7 +41,7 @@ from typing import Any
 
 from PIL import Image
 
-from tests.fakes.server import FakeRequest, FakeVendorServer, Reply
+from tests.fakes.server import FakeRequest, FakeVendorServer, Reply, fetch_input
 
 MJ_SECRET = "mj-secret-" + "7f" * 12
 
@@ -62,6 +67,8 @@ class FakeTask:
     body: dict[str, Any]
     fetches: int = 0
     state: dict[str, Any] = field(default_factory=dict)
+    #: Image prompts as received: the base64 data URI decoded, URLs fetched.
+    images: list[bytes] = field(default_factory=list)
 
 
 def _png(side: int, seed: int) -> bytes:
@@ -79,6 +86,8 @@ class FakeMidjourneyProxy:
         self.tasks: dict[str, FakeTask] = {}
         self.banned_words = {"gore"}
         self.queue_full = 0
+        self.fetch_inputs = False
+        self.allow_http_inputs = False
         self.plan = list(DEFAULT_PLAN)
         self._lock = threading.Lock()
         self._next = 1320098173412546
@@ -131,7 +140,19 @@ class FakeMidjourneyProxy:
             if self.queue_full > 0:
                 self.queue_full -= 1
                 return self._answer(23, "队列已满，请稍后尝试", numberOfQueues=10)
+        images: list[bytes] = []
+        if base64_image is not None:
+            images.append(base64.b64decode(str(base64_image).split(",", 1)[1]))
+        for word in prompt.split():
+            if not word.startswith(("https://", "http://")):
+                break  # image prompts come first
+            if self.fetch_inputs:
+                try:
+                    images.append(fetch_input(word, allow_http=self.allow_http_inputs))
+                except ValueError:
+                    return self._answer(4, "图片链接无法访问")
         task = self._new_task("IMAGINE", prompt, body)
+        task.images = images
         return self._answer(1, "提交成功", task.id)
 
     def _change(self, request: FakeRequest) -> Reply:

@@ -11,6 +11,14 @@ It behaves as Runway documents (shared/vendors/video.md, section 1):
   (PENDING, THROTTLED, RUNNING with progress, then SUCCEEDED with ``output``
   URLs on this fake, or FAILED with ``failure``/``failureCode``, or CANCELLED);
 - ``DELETE /v1/tasks/{id}`` answers 204; the task is gone afterwards (404);
+- ``POST /v1/uploads {filename, type: "ephemeral"}`` answers ``{uploadUrl,
+  fields, runwayUri}`` (Runway SDK ``uploads.create_ephemeral``); the file is
+  then POSTed to ``uploadUrl`` on ``cdn`` as a presigned-POST form (the
+  ``fields``, then ``file``; no API key; a Content-Length, no chunking; 204),
+  after which ``promptImage`` may be the ``runway://`` URI;
+- ``promptImage`` must be an https URL, a ``data:`` URI of at most 5 MB, or a
+  ``runway://`` URI whose file arrived; the image the task got is kept in
+  ``FakeTask.image`` (decoded data URI or uploaded bytes);
 - ``GET /outputs/{task}.mp4`` on ``cdn`` (another fake server standing in for
   Runway's signed-URL storage; the API server itself when none is given)
   serves a real MP4 of the requested duration, with the requested ratio
@@ -22,6 +30,7 @@ Faults are injected through the harness (``fake.server.fail_next(...)``) or the
 
 from __future__ import annotations
 
+import base64
 import re
 import tempfile
 import threading
@@ -32,6 +41,7 @@ from typing import Any
 
 from providers.mock.media import render_video
 from tests.fakes.server import FakeRequest, FakeVendorServer, Reply
+from tests.fakes.stability import parse_form
 
 RUNWAY_KEY = "key_" + "5e" * 64
 API_VERSION = "2024-11-06"
@@ -48,6 +58,8 @@ MODELS: dict[str, tuple[set[str], set[str], set[int]]] = {
     "veo3": (set(), _VEO, {8}),
 }
 _DATA_URI = re.compile(r"^data:image/(png|jpeg|webp);base64,[A-Za-z0-9+/=]+$")
+MAX_DATA_URI = 5 * 1000 * 1000
+MAX_UPLOAD = 200 * 1000 * 1000
 
 DEFAULT_PLAN: list[dict[str, Any]] = [
     {"status": "PENDING"},
@@ -67,6 +79,17 @@ class FakeTask:
     polls: int = 0
     deleted: bool = False
     state: dict[str, Any] = field(default_factory=dict)
+    #: The input image's bytes as Runway got them (data URI or upload); None for URLs.
+    image: bytes | None = None
+
+
+@dataclass
+class FakeUpload:
+    filename: str
+    key: str
+    uri: str
+    data: bytes | None = None
+    content_type: str = ""
 
 
 class FakeRunway:
@@ -81,6 +104,8 @@ class FakeRunway:
         self.cdn = cdn or server
         self.key = key
         self.tasks: dict[str, FakeTask] = {}
+        #: Upload slots by runway:// URI, with the file once it arrived.
+        self.uploads: dict[str, FakeUpload] = {}
         #: What each new task goes through, one entry per poll; the last one repeats.
         self.plan: list[dict[str, Any]] = list(DEFAULT_PLAN)
         self._lock = threading.Lock()
@@ -90,6 +115,8 @@ class FakeRunway:
         server.route("POST", "/v1/text_to_video", lambda r: self._create(r, "text_to_video"))
         server.route("GET", "/v1/tasks/{id}", self._get)
         server.route("DELETE", "/v1/tasks/{id}", self._delete)
+        server.route("POST", "/v1/uploads", self._create_upload)
+        self.cdn.route("POST", "/runway-uploads", self._receive_upload)
         self.cdn.route("GET", "/outputs/{name}", self._output)
 
     # --- scripting ------------------------------------------------------------
@@ -202,24 +229,78 @@ class FakeRunway:
             )
         if endpoint == "text_to_video" and not text:
             issues.append({"code": "invalid_type", "path": ["promptText"], "message": "Required"})
+        image_bytes: bytes | None = None
         if endpoint == "image_to_video":
             image = body.get("promptImage")
-            if not isinstance(image, str) or not (
-                image.startswith("https://") or _DATA_URI.match(image)
-            ):
-                issues.append(
-                    {
-                        "code": "custom",
-                        "path": ["promptImage"],
-                        "message": "Invalid asset: must be an HTTPS URL or data URI",
-                    }
-                )
+            problem = ""
+            if not isinstance(image, str):
+                problem = "Invalid asset: must be an HTTPS URL, a data URI or a runway:// URI"
+            elif image.startswith("data:"):
+                if len(image) > MAX_DATA_URI:
+                    problem = "Invalid asset: data URIs must be at most 5MB"
+                elif not _DATA_URI.match(image):
+                    problem = "Invalid asset: malformed data URI"
+                else:
+                    image_bytes = base64.b64decode(image.split(",", 1)[1])
+            elif image.startswith("runway://"):
+                upload = self.uploads.get(image)
+                if upload is None or upload.data is None:
+                    problem = "Invalid asset: unknown or incomplete upload"
+                else:
+                    image_bytes = upload.data
+            elif not image.startswith("https://"):
+                problem = "Invalid asset: must be an HTTPS URL, a data URI or a runway:// URI"
+            if problem:
+                issues.append({"code": "custom", "path": ["promptImage"], "message": problem})
         if issues:
             return self._invalid(issues)
-        task = FakeTask(id=str(uuid.uuid4()), endpoint=endpoint, body=body, plan=list(self.plan))
+        task = FakeTask(
+            id=str(uuid.uuid4()), endpoint=endpoint, body=body, plan=list(self.plan), image=image_bytes
+        )
         with self._lock:
             self.tasks[task.id] = task
         return Reply(200, {"id": task.id})
+
+    def _create_upload(self, request: FakeRequest) -> Reply:
+        if (error := self._auth_error(request)) is not None:
+            return error
+        body = request.json()
+        filename = body.get("filename") if isinstance(body, dict) else None
+        if not isinstance(filename, str) or not filename or body.get("type") != "ephemeral":
+            return self._invalid(
+                [{"code": "invalid_type", "path": ["filename"], "message": "filename and type: ephemeral are required"}]
+            )
+        token = uuid.uuid4().hex
+        upload = FakeUpload(filename=filename, key=f"uploads/{token}/{filename}", uri=f"runway://ephemeral/{token}")
+        with self._lock:
+            self.uploads[upload.uri] = upload
+        return Reply(
+            200,
+            {
+                "uploadUrl": f"{self.cdn.url}/runway-uploads",
+                "fields": {"key": upload.key, "policy": "eyJmYWtlIjp0cnVlfQ==", "x-amz-signature": token},
+                "runwayUri": upload.uri,
+            },
+        )
+
+    def _receive_upload(self, request: FakeRequest) -> Reply:
+        """A presigned POST, as S3 takes it: the policy fields first, the file last."""
+        if "authorization" in request.headers:
+            return Reply(400, b"<Error><Code>InvalidArgument</Code></Error>", {"Content-Type": "application/xml"})
+        if "content-length" not in request.headers:
+            return Reply(411, b"<Error><Code>MissingContentLength</Code></Error>", {"Content-Type": "application/xml"})
+        form = parse_form(request)
+        if form is None or list(form)[-1:] != ["file"] or "key" not in form:
+            return Reply(400, b"<Error><Code>MalformedPOSTRequest</Code></Error>", {"Content-Type": "application/xml"})
+        with self._lock:
+            upload = next((u for u in self.uploads.values() if u.key == form["key"].text), None)
+            if upload is None or form.get("x-amz-signature") is None:
+                return Reply(403, b"<Error><Code>AccessDenied</Code></Error>", {"Content-Type": "application/xml"})
+            if len(form["file"].value) > MAX_UPLOAD:
+                return Reply(400, b"<Error><Code>EntityTooLarge</Code></Error>", {"Content-Type": "application/xml"})
+            upload.data = form["file"].value
+            upload.content_type = form["file"].content_type or ""
+        return Reply(204)
 
     def _task_json(self, task: FakeTask) -> dict[str, Any]:
         step = task.plan[min(task.polls, len(task.plan) - 1)]

@@ -232,6 +232,28 @@ def http_date(epoch_seconds: float) -> str:
 # --- the server -----------------------------------------------------------------------
 
 
+def fetch_input(url: str, *, allow_http: bool = False, timeout: float = 10.0, max_bytes: int = 64 * 1024 * 1024) -> bytes:
+    """Fetch an input URL the way a vendor does (for fakes that take images by URL).
+
+    Real vendors fetch https only; tests whose storage emulator serves plain
+    http on 127.0.0.1 (moto's presigned URLs) pass ``allow_http``. Raises
+    ValueError when the URL is refused or cannot be fetched.
+    """
+    import urllib.error
+    import urllib.request
+
+    if not url.startswith("https://") and not (allow_http and url.startswith("http://")):
+        raise ValueError(f"not an https URL: {url[:60]}")
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "fake-vendor/1"}), timeout=timeout) as answer:
+            data = answer.read(max_bytes + 1)
+    except (urllib.error.URLError, OSError) as exc:
+        raise ValueError(f"cannot fetch {url[:60]}: {exc}") from None
+    if len(data) > max_bytes:
+        raise ValueError("input too large")
+    return data
+
+
 def _compile(pattern: str) -> re.Pattern[str]:
     regex = ""
     for literal, name, kind in re.findall(r"([^{]*)(?:\{(\w+)(?::(\w+))?\})?", pattern):
