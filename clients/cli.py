@@ -6,6 +6,7 @@
     mediagen jobs video --state failed
     mediagen job JOB_ID            # finds the media service by itself
     mediagen download JOB_ID -o out.mp4
+    mediagen upload first-frame.png     # an asset, for input_image.asset_id
     mediagen --json providers --media image
 
 Generating watches the job with a progress bar on stderr, downloads the
@@ -13,6 +14,10 @@ result (verified by sha256) and prints where it went. ``--json`` prints proto3
 JSON on stdout instead, with no progress bar. Exit codes: 0 ok, 1 error,
 2 invalid arguments (from argparse or the server's INVALID_ARGUMENT), 130
 interrupted.
+
+``--image PATH`` sends a local file inline when it is at most 4 MiB and
+uploads it first (AssetService, streamed in 1 MiB chunks) when it is larger;
+an https URL is passed by reference.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from google.protobuf import json_format
 
 from clients.client import DEFAULT_TARGET, DEFAULT_TIMEOUT, ENDED_STATES, TOKEN_ENV
 from clients.errors import MediagenError, from_status
-from clients.media import Media, media_input, media_spec
+from clients.media import Media, media_spec
 from clients.progress import ProgressBar, describe_progress, human_bytes
 from clients.sync import MediagenClient
 from mediagen.v1 import catalog_pb2, common_pb2
@@ -102,14 +107,19 @@ def _option_arg(value: str) -> tuple[str, Any]:
         return key, raw
 
 
-def _image_arg(value: str) -> common_pb2.MediaInput:
-    """An https URL is passed by reference; a local file is sent inline."""
-    if "://" not in value and not Path(value).is_file():
+def _image_arg(value: str) -> str:
+    """An https URL (passed by reference) or a readable local file (inline up to 4 MiB, else uploaded)."""
+    if "://" in value:
+        return value
+    path = Path(value)
+    if not path.is_file():
         raise argparse.ArgumentTypeError(f"no such file: {value}")
     try:
-        return media_input(value)
+        with path.open("rb"):
+            pass
     except OSError as exc:
         raise argparse.ArgumentTypeError(f"cannot read {value}: {exc.strerror}") from None
+    return value
 
 
 def _positive_float(value: str) -> float:
@@ -160,7 +170,13 @@ def build_parser() -> argparse.ArgumentParser:
     video.add_argument("--fps", type=int)
     video.add_argument("--seed", type=int)
     video.add_argument("--negative-prompt", help="what to avoid")
-    video.add_argument("--image", dest="input_image", metavar="PATH_OR_URL", type=_image_arg, help="first frame: a local file or an https URL")
+    video.add_argument(
+        "--image",
+        dest="input_image",
+        metavar="PATH_OR_URL",
+        type=_image_arg,
+        help="first frame: a local file (inline up to 4 MiB, uploaded when larger) or an https URL",
+    )
 
     speech = _generate_parser(commands, shared, "speech", "turn text into speech", "TEXT", "text")
     speech.add_argument("--voice", help='voice id or preset, e.g. "narrator"')
@@ -195,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     image.add_argument("--seed", type=int)
     image.add_argument("--style", help='e.g. "vivid"')
     image.add_argument("--negative-prompt", help="what to avoid")
-    image.add_argument("--image", dest="input_image", metavar="PATH_OR_URL", type=_image_arg, help="source image: a local file or an https URL")
+    image.add_argument(
+        "--image",
+        dest="input_image",
+        metavar="PATH_OR_URL",
+        type=_image_arg,
+        help="source image: a local file (inline up to 4 MiB, uploaded when larger) or an https URL",
+    )
 
     jobs = commands.add_parser("jobs", parents=[shared], help="list jobs of one media type, newest first")
     jobs.add_argument("media", type=_media_arg, metavar="MEDIA", help=", ".join(MEDIA_CHOICES))
@@ -219,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("job_id", metavar="JOB_ID")
     cancel.add_argument("--media", type=_media_arg, help="its media type (default: ask each service)")
     cancel.set_defaults(handler=_cancel)
+
+    upload = commands.add_parser(
+        "upload", parents=[shared], help="upload a local file as an asset (for input_image.asset_id)"
+    )
+    upload.add_argument("path", metavar="PATH", type=_image_arg)
+    upload.add_argument("--content-type", help="MIME type (default: the server detects it)")
+    upload.set_defaults(handler=_upload)
 
     providers = commands.add_parser("providers", parents=[shared], help="list the providers the server knows")
     providers.add_argument("--media", type=_media_arg, help="only this media type")
@@ -425,6 +454,30 @@ def _cancel(client: MediagenClient, args: argparse.Namespace, out: TextIO, err: 
         out.write(f"job {job.id} cancelled\n")
     else:
         out.write(f"job {job.id} had already ended: {_state(job)}\n")
+    return 0
+
+
+def _upload(client: MediagenClient, args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    path = Path(args.path)
+    bar = None if args.json else ProgressBar(err)
+
+    def show(done: int, total: int) -> None:
+        if bar:
+            bar.download(f"uploading {path.name}", done, total)
+
+    try:
+        asset = client.upload(path, content_type=args.content_type, on_progress=show)
+    finally:
+        if bar:
+            bar.finish()
+    if args.json:
+        _print_json(out, json_format.MessageToDict(asset))
+        return 0
+    size = f", {asset.width}x{asset.height}" if asset.width else ""
+    expires = f"  expires {asset.expire_time.ToDatetime().isoformat()}Z" if asset.HasField("expire_time") else ""
+    out.write(
+        f"asset {asset.id}  {asset.content_type}, {human_bytes(asset.size_bytes)}{size}  sha256 {asset.sha256}{expires}\n"
+    )
     return 0
 
 

@@ -14,6 +14,15 @@ Reliability rules, in one place:
   message means the connection is dead. A broken Watch reconnects after the
   last sequence number seen; a broken Download resumes at the last byte
   written. Both give up after ``retry.attempts`` breaks in a row.
+- Uploads (``upload``) stream the file from disk in 1 MiB chunks; the
+  returned asset's size and sha256 are checked against what was read. An
+  upload broken by UNAVAILABLE is sent again from the start (a broken upload
+  leaves nothing on the server). Its deadline grows with the file's size.
+
+Input images given as a local path (``generate(..., input_image="frame.png")``)
+are sent inline when the file is at most ``INLINE_INPUT_LIMIT`` (4 MiB, under
+gRPC's default message limit), and uploaded first (then referenced by asset
+id) when it is larger.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from typing import Any
 import grpc
 
 from clients.errors import (
+    DataLossError,
     DownloadVerificationError,
     JobFailedError,
     MediagenError,
@@ -50,7 +60,7 @@ from clients.media import (
     media_spec,
 )
 from clients.retry import DEFAULT_RETRY, RetryPolicy
-from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2
+from mediagen.v1 import asset_pb2, asset_pb2_grpc, catalog_pb2, catalog_pb2_grpc, common_pb2
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -59,13 +69,22 @@ __all__ = [
     "TOKEN_ENV",
     "AsyncMediagenClient",
     "DownloadProgressCallback",
+    "INLINE_INPUT_LIMIT",
     "JobProgressCallback",
+    "UPLOAD_CHUNK_SIZE",
 ]
 
 DEFAULT_TARGET = "localhost:50051"
 DEFAULT_TIMEOUT = 30.0
 TOKEN_ENV = "MEDIAGEN_TOKEN"
 USER_AGENT = "mediagen-python/0.1"
+
+#: Bytes per UploadAsset message (the server takes at most 1 MiB).
+UPLOAD_CHUNK_SIZE = 1024 * 1024
+#: Local input files up to this size are sent inline; larger ones are uploaded as assets.
+INLINE_INPUT_LIMIT = 4 * 1024 * 1024
+#: An upload's deadline is the client timeout plus one second per this many bytes.
+UPLOAD_MIN_RATE = 256 * 1024
 
 ENDED_STATES = frozenset({common_pb2.JOB_STATE_SUCCEEDED, common_pb2.JOB_STATE_FAILED, common_pb2.JOB_STATE_CANCELLED})
 
@@ -145,6 +164,7 @@ class AsyncMediagenClient:
         self._channel = channel
         self._stubs: dict[str, Any] = {}
         self._catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        self._assets = asset_pb2_grpc.AssetServiceStub(channel)
 
     def __repr__(self) -> str:  # never shows the token
         return f"{type(self).__name__}(target={self.target!r}, timeout={self.timeout!r})"
@@ -172,8 +192,18 @@ class AsyncMediagenClient:
         URL or bytes, enums by short name). A fresh request_id (AIP-155) is
         sent when none is given, which makes retrying on UNAVAILABLE safe: a
         repeat returns the same job.
+
+        ``input_image`` as a local path: a file of at most ``INLINE_INPUT_LIMIT``
+        (4 MiB) goes inline; a larger one is uploaded first (``upload``) and the
+        request names the asset.
         """
         spec = media_spec(media)
+        image = fields.get("input_image")
+        if isinstance(image, str | os.PathLike) and "://" not in str(image):
+            size = await asyncio.to_thread(lambda: Path(image).stat().st_size)
+            if size > INLINE_INPUT_LIMIT:
+                asset = await self.upload(image)
+                fields["input_image"] = common_pb2.MediaInput(asset_id=asset.id)
         fields.setdefault("request_id", str(uuid.uuid4()))
         request = build_generate_request(spec, fields)
         response = await self._unary(spec.method(self._stub(spec), "Generate{N}"), request)
@@ -458,6 +488,125 @@ class AsyncMediagenClient:
                 return artifact, written, hasher.hexdigest()
         finally:
             await asyncio.to_thread(file.close)
+
+    # --- assets ---------------------------------------------------------------
+
+    async def upload(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        on_progress: DownloadProgressCallback | None = None,
+    ) -> asset_pb2.Asset:
+        """Upload a local file as an asset (AssetService.UploadAsset) and return it.
+
+        The file is streamed from disk in 1 MiB chunks, never read whole; its
+        size is declared up front (so the server refuses a file over its limit
+        before any byte is sent). ``content_type`` is optional: the server
+        detects it, and refuses a declared type that does not match. The
+        asset's size and sha256 as the server stored them are checked against
+        what was read; a mismatch deletes the asset and raises DataLossError.
+        ``on_progress(sent, total)`` is called after every chunk.
+
+        Use the asset in a request as ``input_image={"asset_id": asset.id}``
+        (or ``common_pb2.MediaInput(asset_id=asset.id)``).
+        """
+        source = Path(path)
+        size = await asyncio.to_thread(lambda: source.stat().st_size)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout + size / UPLOAD_MIN_RATE
+        retries = 0
+        while True:
+            hasher = hashlib.sha256()
+            sent = [0]
+            requests = self._upload_requests(source, size, content_type, hasher, sent, on_progress)
+            try:
+                response = await self._send_upload(requests, max(deadline - loop.time(), 0.0))
+                break
+            except grpc.aio.AioRpcError as exc:
+                error = from_rpc_error(exc)
+            finally:
+                await requests.aclose()
+            if not isinstance(error, UnavailableError):
+                raise error
+            retries += 1
+            delay = self.retry.delay(retries, error.retry_delay)
+            if delay is None or loop.time() + delay >= deadline:
+                raise error
+            await asyncio.sleep(delay)
+        asset: asset_pb2.Asset = response.asset
+        digest = hasher.hexdigest()
+        if asset.size_bytes != sent[0] or asset.sha256 != digest:
+            with contextlib.suppress(MediagenError):
+                await self.delete_asset(asset.id)
+            raise DataLossError(
+                f"the server stored {asset.size_bytes} bytes with sha256 {asset.sha256}; "
+                f"{sent[0]} bytes with sha256 {digest} were sent",
+                reason="UPLOAD_VERIFICATION_FAILED",
+                metadata={"path": str(source), "assetId": asset.id},
+            )
+        return asset
+
+    async def _send_upload(
+        self, requests: AsyncIterator[asset_pb2.UploadAssetRequest], rpc_timeout: float
+    ) -> asset_pb2.UploadAssetResponse:
+        """One UploadAsset call, written message by message.
+
+        A server that refuses the upload says so at once in the response header
+        ``mediagen-upload-refused`` and sends its status only after the client
+        stops: writing on would make the next write fail, and gRPC would then
+        report that failure instead of the server's reason. So the writing stops
+        as soon as headers (or the end) arrive, and the call's status is awaited.
+        """
+        call = self._assets.UploadAsset(timeout=rpc_timeout, metadata=self._metadata)
+        headers = asyncio.ensure_future(call.initial_metadata())
+        try:
+            async for request in requests:
+                if headers.done() or call.done():
+                    break  # refused: the status follows once we stop
+                try:
+                    await call.write(request)
+                except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    break  # the call ended: its status says why
+            if not call.done():
+                with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                    await call.done_writing()
+            response: asset_pb2.UploadAssetResponse = await call
+            return response
+        finally:
+            headers.cancel()
+            with contextlib.suppress(asyncio.CancelledError, grpc.aio.AioRpcError):
+                await headers
+
+    async def _upload_requests(
+        self,
+        source: Path,
+        size: int,
+        content_type: str | None,
+        hasher: Any,
+        sent: list[int],
+        on_progress: DownloadProgressCallback | None,
+    ) -> AsyncGenerator[asset_pb2.UploadAssetRequest, None]:
+        metadata = asset_pb2.UploadAssetMetadata(filename=source.name, size_bytes=size, content_type=content_type or "")
+        yield asset_pb2.UploadAssetRequest(metadata=metadata)
+        file = await asyncio.to_thread(open, source, "rb")
+        try:
+            while chunk := await asyncio.to_thread(file.read, UPLOAD_CHUNK_SIZE):
+                hasher.update(chunk)
+                sent[0] += len(chunk)
+                yield asset_pb2.UploadAssetRequest(chunk=chunk)
+                await _notify(on_progress, sent[0], size)
+        finally:
+            await asyncio.to_thread(file.close)
+
+    async def get_asset(self, asset_id: str) -> asset_pb2.Asset:
+        """An uploaded asset (NotFoundError when unknown, expired or another tenant's)."""
+        response = await self._unary(self._assets.GetAsset, asset_pb2.GetAssetRequest(asset_id=asset_id))
+        return response.asset
+
+    async def delete_asset(self, asset_id: str) -> None:
+        """Delete an uploaded asset and its bytes."""
+        await self._unary(self._assets.DeleteAsset, asset_pb2.DeleteAssetRequest(asset_id=asset_id))
 
     # --- catalog ------------------------------------------------------------
 

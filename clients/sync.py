@@ -29,7 +29,7 @@ from clients.client import (
 )
 from clients.media import MediaLike
 from clients.retry import DEFAULT_RETRY, RetryPolicy
-from mediagen.v1 import catalog_pb2, common_pb2
+from mediagen.v1 import asset_pb2, catalog_pb2, common_pb2
 
 __all__ = ["MediagenClient"]
 
@@ -207,6 +207,22 @@ class MediagenClient:
         return self._run(
             self._client.download_to(media, job_id, path, artifact_index=artifact_index, on_progress=on_progress)
         )
+
+    def upload(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        content_type: str | None = None,
+        on_progress: DownloadProgressCallback | None = None,
+    ) -> asset_pb2.Asset:
+        """Upload a local file as an asset, streamed in 1 MiB chunks and verified (see the async client)."""
+        return self._run(self._client.upload(path, content_type=content_type, on_progress=on_progress))
+
+    def get_asset(self, asset_id: str) -> asset_pb2.Asset:
+        return self._run(self._client.get_asset(asset_id))
+
+    def delete_asset(self, asset_id: str) -> None:
+        self._run(self._client.delete_asset(asset_id))
 
     def providers(self, media: MediaLike | None = None) -> list[catalog_pb2.Provider]:
         return self._run(self._client.providers(media))

@@ -190,6 +190,18 @@ async def watch(stub, job_id: str, after: int = 0) -> list[tuple[float, common_p
     return got
 
 
+async def watch_until_broken(stub, job_id: str) -> list[common_pb2.JobEvent]:
+    """Events until the stream breaks (its replica died)."""
+    got = []
+    try:
+        async for response in stub.WatchVideoJob(video_pb2.WatchVideoJobRequest(job_id=job_id), metadata=MAIN):
+            if response.event.type != common_pb2.JOB_EVENT_TYPE_HEARTBEAT:
+                got.append(response.event)
+    except grpc.aio.AioRpcError as err:
+        assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    return got
+
+
 def assert_one_submit_per_prompt(cluster: Cluster, prompts: list[str]) -> None:
     sent = [r.json()["promptText"] for r in cluster.creates()]
     for prompt in prompts:
@@ -314,6 +326,29 @@ async def test_cancel_at_a_replica_that_does_not_drive_the_job(cluster, clients)
     assert [d.path for d in deletes if d.path.endswith(job.vendor_job_id)] == [f"/r0/v1/tasks/{job.vendor_job_id}"]
 
 
+async def test_an_asset_uploaded_at_one_replica_is_used_at_another(cluster, clients, tmp_path):
+    from clients import AsyncMediagenClient
+    from mediagen.v1 import common_pb2 as common
+    from tests.helpers import png
+
+    path = tmp_path / "frame.png"
+    path.write_bytes(png(1280, 720))
+    uploader = AsyncMediagenClient(channel=clients.channels[0], token="tok-main")
+    asset = await uploader.upload(path)
+    assert asset.tenant == "main"
+    # Another replica finds it (metadata in PostgreSQL, bytes in the shared bucket) ...
+    reader = AsyncMediagenClient(channel=clients.channels[2], token="tok-main")
+    assert (await reader.get_asset(asset.id)).sha256 == asset.sha256
+    # ... and a job created at a third one sends it to the vendor.
+    prompt = f"from an asset {uuid.uuid4().hex[:6]}"
+    request = video_request(prompt, input_image=common.MediaInput(asset_id=asset.id))
+    job = (await clients.video[1].GenerateVideo(request, metadata=MAIN)).job
+    events = await asyncio.wait_for(watch(clients.video[2], job.id), 45)
+    assert events[-1][1].job.state == common_pb2.JOB_STATE_SUCCEEDED, events[-1][1].job.error
+    (task,) = [t for t in cluster.runway.tasks.values() if t.body.get("promptText") == prompt]
+    assert task.image == path.read_bytes()
+
+
 async def test_kill_9_of_a_replica_driving_jobs_the_others_finish_them(cluster, clients):
     """Runs last: r0 stays dead."""
     prompts = [f"takeover {i} {uuid.uuid4().hex[:6]}" for i in range(6)]
@@ -329,10 +364,17 @@ async def test_kill_9_of_a_replica_driving_jobs_the_others_finish_them(cluster, 
         assert time.monotonic() < deadline, [common_pb2.JobPhase.Name(j.progress.phase) for j in current]
         await asyncio.sleep(0.05)
     watchers = [asyncio.create_task(watch(clients.video[1 + n % 2], j.id)) for n, j in enumerate(jobs)]
+    on_r0 = [asyncio.create_task(watch_until_broken(clients.video[0], j.id)) for j in jobs[:3]]
     await asyncio.sleep(0.2)
     cluster.processes[0].kill9()
     killed_at = time.monotonic()
     results = await asyncio.wait_for(asyncio.gather(*watchers), 30)
+    # Watchers of the dead replica resume on another one after the last sequence they saw.
+    for job, task in zip(jobs, on_r0, strict=False):
+        seen = await task
+        assert seen, "saw nothing before the kill"
+        rest = await watch(clients.video[1], job.id, after=seen[-1].sequence)
+        assert [e.sequence for e in seen + [e for _, e in rest]] == list(range(1, rest[-1][1].sequence + 1))
     for events in results:
         final = events[-1][1].job
         assert final.state == common_pb2.JOB_STATE_SUCCEEDED, json_format.MessageToDict(final.error)

@@ -22,6 +22,7 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import * as protobuf from "protobufjs";
 
+import type { ProtoGrpcType as AssetProto } from "./generated/asset";
 import type { ProtoGrpcType as CatalogProto } from "./generated/catalog";
 import type { ProtoGrpcType as ImageProto } from "./generated/image";
 import type { ProtoGrpcType as MusicProto } from "./generated/music";
@@ -29,6 +30,7 @@ import type { ProtoGrpcType as SoundEffectProto } from "./generated/sound_effect
 import type { ProtoGrpcType as SpeechProto } from "./generated/speech";
 import type { ProtoGrpcType as VideoProto } from "./generated/video";
 import type { Artifact__Output } from "./generated/mediagen/v1/Artifact";
+import type { Asset__Output } from "./generated/mediagen/v1/Asset";
 import type { GenerateImageRequest } from "./generated/mediagen/v1/GenerateImageRequest";
 import type { GenerateMusicRequest } from "./generated/mediagen/v1/GenerateMusicRequest";
 import type { GenerateSoundEffectRequest } from "./generated/mediagen/v1/GenerateSoundEffectRequest";
@@ -47,6 +49,14 @@ export type Job = Job__Output;
 export type JobEvent = JobEvent__Output;
 export type Artifact = Artifact__Output;
 export type Provider = Provider__Output;
+export type Asset = Asset__Output;
+
+/** Bytes per UploadAsset message (the server takes at most 1 MiB). */
+export const UPLOAD_CHUNK_SIZE = 1024 * 1024;
+/** An upload's default deadline: `deadlineMs` plus one second per this many bytes. */
+const UPLOAD_MIN_RATE = 256 * 1024;
+/** Response header by which the server refuses an upload while the client may still be sending. */
+const REFUSED_HEADER = "mediagen-upload-refused";
 
 /** The request message of each media type's Generate RPC. */
 export interface GenerateRequests {
@@ -249,6 +259,15 @@ export interface DownloadToFileOptions extends DownloadOptions {
   resume?: boolean;
 }
 
+export interface UploadOptions {
+  /** MIME type, e.g. "image/png". Default: the server detects it (and refuses a wrong one). */
+  contentType?: string;
+  /** Deadline of the whole upload, in ms. Default: `deadlineMs` plus 1 s per 256 KiB. */
+  deadlineMs?: number;
+  /** Called after each chunk with the bytes sent so far and the file's size. */
+  onProgress?: (sent: number, total: number) => void;
+}
+
 export interface DownloadedFile {
   artifact: Artifact;
   path: string;
@@ -262,7 +281,7 @@ interface DownloadChunk {
   artifact: Artifact | null;
 }
 
-type Proto = CatalogProto & VideoProto & SpeechProto & MusicProto & SoundEffectProto & ImageProto;
+type Proto = AssetProto & CatalogProto & VideoProto & SpeechProto & MusicProto & SoundEffectProto & ImageProto;
 type AnyClient = grpc.Client & Record<string, any>;
 
 const REPO_ROOT = path.resolve(__dirname, "..", "..", "..", "..");
@@ -290,6 +309,7 @@ export class MediagenClient {
   private readonly channel: grpc.Channel;
   private readonly services: Record<MediaKind, AnyClient>;
   private readonly catalog: AnyClient;
+  private readonly assets: AnyClient;
   private readonly token: string | undefined;
   private readonly deadlineMs: number;
 
@@ -309,6 +329,7 @@ export class MediagenClient {
       image: new proto.ImageService(address, credentials, shared) as AnyClient,
     };
     this.catalog = new proto.CatalogService(address, credentials, shared) as AnyClient;
+    this.assets = new proto.AssetService(address, credentials, shared) as AnyClient;
   }
 
   close(): void {
@@ -342,6 +363,68 @@ export class MediagenClient {
 
   async listProviders(mediaType: MediaType = "MEDIA_TYPE_UNSPECIFIED"): Promise<Provider[]> {
     return (await this.unary<{ providers: Provider[] }>(this.catalog, "ListProviders", { mediaType })).providers;
+  }
+
+  /**
+   * Upload a local file as an asset (AssetService.UploadAsset), streamed from
+   * disk in 1 MiB chunks (never whole in memory): metadata first (name, size),
+   * then the bytes. The server refuses an upload as soon as it passes a limit
+   * (size, type, pixels). The stored asset's size and sha256 are checked
+   * against what was read; a mismatch deletes the asset and throws
+   * IntegrityError. Use it as `inputImage: { assetId: asset.id }`.
+   */
+  async upload(file: string, options: UploadOptions = {}): Promise<Asset> {
+    const size = (await stat(file)).size;
+    const deadline = Date.now() + (options.deadlineMs ?? this.deadlineMs + (size / UPLOAD_MIN_RATE) * 1000);
+    const hash = createHash("sha256");
+    let sent = 0;
+    let finished = false;
+    let call!: grpc.ClientWritableStream<Record<string, unknown>>;
+    const answer = new Promise<Asset>((resolve, reject) => {
+      call = this.assets.UploadAsset(this.metadata(), { deadline }, (err: grpc.ServiceError | null, response: { asset: Asset }) => {
+        finished = true;
+        if (err) reject(toMediagenError(err));
+        else resolve(response.asset);
+      });
+    });
+    answer.catch(() => {}); // observed below; a refusal may come while the file is still being read
+    // A refusal is announced at once in this header; the status follows when we stop writing.
+    let refused = false;
+    call.on("metadata", (headers: grpc.Metadata) => {
+      if (headers.get(REFUSED_HEADER).length) refused = true;
+    });
+    const input = createReadStream(file, { highWaterMark: UPLOAD_CHUNK_SIZE });
+    try {
+      call.write({ metadata: { filename: path.basename(file), sizeBytes: String(size), contentType: options.contentType ?? "" } });
+      for await (const block of input) {
+        if (finished || refused) break; // refused: stop reading, half-close, read the status
+        const chunk = block as Buffer;
+        hash.update(chunk);
+        sent += chunk.length;
+        if (!call.write({ chunk })) await Promise.race([once(call, "drain"), answer.then(() => {}, () => {})]);
+        options.onProgress?.(sent, size);
+      }
+      if (!finished) call.end();
+    } finally {
+      input.destroy();
+    }
+    const asset = await answer;
+    const sha256 = hash.digest("hex");
+    if (Number(asset.sizeBytes) !== sent || asset.sha256 !== sha256) {
+      await this.deleteAsset(asset.id).catch(() => {});
+      throw new IntegrityError(
+        `the server stored ${asset.sizeBytes} bytes with sha256 ${asset.sha256}; ${sent} bytes with sha256 ${sha256} were sent`,
+      );
+    }
+    return asset;
+  }
+
+  async getAsset(assetId: string): Promise<Asset> {
+    return (await this.unary<{ asset: Asset }>(this.assets, "GetAsset", { assetId })).asset;
+  }
+
+  async deleteAsset(assetId: string): Promise<void> {
+    await this.unary(this.assets, "DeleteAsset", { assetId });
   }
 
   /**

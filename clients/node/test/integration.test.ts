@@ -6,7 +6,7 @@
  * `MEDIAGEN_TEST_ADDRESS=localhost:50051 npm test` here.
  */
 import assert from "node:assert/strict";
-import { createHash } from "node:crypto";
+import { createHash, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, writeFileSync, existsSync } from "node:fs";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
@@ -284,4 +284,60 @@ test("the catalog lists the mock provider of each media type", async () => {
   for (const type of ["MEDIA_TYPE_VIDEO", "MEDIA_TYPE_SPEECH", "MEDIA_TYPE_MUSIC", "MEDIA_TYPE_SOUND_EFFECT", "MEDIA_TYPE_IMAGE"]) {
     assert.ok(mocks.includes(type as (typeof mocks)[number]), `mock ${type}`);
   }
+});
+
+describe("upload", () => {
+  /** A PNG signature and IHDR (the server judges type and size from these), then random bytes. */
+  function pngFile(name: string, width: number, height: number, bodyBytes: number): string {
+    const ihdr = Buffer.alloc(13);
+    ihdr.writeUInt32BE(width, 0);
+    ihdr.writeUInt32BE(height, 4);
+    ihdr.set([8, 2, 0, 0, 0], 8);
+    const head = Buffer.concat([
+      Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13]),
+      Buffer.from("IHDR", "latin1"),
+      ihdr,
+      Buffer.alloc(4),
+    ]);
+    const file = path.join(workdir, name);
+    writeFileSync(file, Buffer.concat([head, randomBytes(bodyBytes)]));
+    return file;
+  }
+
+  test("streams a file above 4 MiB from disk, and the asset is a job's first frame", async () => {
+    const file = pngFile("frame.png", 1920, 1080, 6 * 1024 * 1024);
+    const sent: number[] = [];
+    const asset = await client.upload(file, { onProgress: (done) => sent.push(done) });
+    const local = createHash("sha256").update(readFileSync(file)).digest("hex");
+    assert.match(asset.id, /^asset_[0-9a-f]{32}$/);
+    assert.equal(asset.sha256, local);
+    assert.equal(Number(asset.sizeBytes), readFileSync(file).length);
+    assert.equal(asset.contentType, "image/png");
+    assert.equal(asset.width, 1920);
+    assert.equal(asset.height, 1080);
+    assert.equal(asset.filename, "frame.png");
+    assert.equal(sent.length, 7); // 1 MiB chunks
+    assert.equal((await client.getAsset(asset.id)).sha256, local);
+
+    const job = await client.generate("video", { prompt: "waves", durationSeconds: 1, inputImage: { assetId: asset.id } });
+    const events = await collect(client.watch("video", job.id));
+    const done = events[events.length - 1].job!;
+    assert.equal(done.state, "JOB_STATE_SUCCEEDED");
+    assert.equal(done.artifacts[0].metadata.inputSha256, local);
+
+    await client.deleteAsset(asset.id);
+    await assert.rejects(client.getAsset(asset.id), (err: unknown) => err instanceof MediagenError && err.reason === "ASSET_NOT_FOUND");
+  });
+
+  test("a file the server does not take is refused with the limit named", async () => {
+    const file = path.join(workdir, "anim.gif");
+    writeFileSync(file, Buffer.concat([Buffer.from("GIF89a", "latin1"), randomBytes(3 * 1024 * 1024)]));
+    await assert.rejects(client.upload(file), (err: unknown) => {
+      assert.ok(err instanceof MediagenError);
+      assert.equal(err.code, grpc.status.INVALID_ARGUMENT);
+      assert.equal(err.reason, "ASSET_TYPE_UNSUPPORTED");
+      assert.equal(err.fieldViolations[0]?.field, "chunk");
+      return true;
+    });
+  });
 });
