@@ -61,6 +61,19 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The table of a results JSON as Markdown (for bench/README.md)."""
+    out = ["| figure | value | baseline | ratio | target | met? |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        unit = r["unit"]
+        value = f"{_fmt(r['value'])} {unit}" if r["value"] is not None else "skipped"
+        base = f"{_fmt(r['baseline'])} {unit}" if r["baseline"] is not None else "—"
+        ratio = f"{r['ratio']:.2f}×" if r["ratio"] is not None else "—"
+        met = "—" if r["met"] is None else ("yes" if r["met"] else "**no**")
+        out.append(f"| {r['figure']} | {value} | {base} | {ratio} | {r['target'] or '—'} | {met} |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,9 +92,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep data, logs and specs here (default: a temp dir, removed)")
     parser.add_argument("--nice", type=int, default=0,
                         help="scheduling priority of every bench process (e.g. -10 on a machine shared with other work)")
+    parser.add_argument("--render", type=Path, metavar="JSON", help="print a results file's table as Markdown and exit")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     args = parser.parse_args(argv)
 
+    if args.render:
+        result = json.loads(args.render.read_text())
+        print(markdown(result["rows"]))
+        notes = [f"- {r['figure']}: {r['note']}" for r in result["rows"] if r["note"]]
+        if notes:
+            print("\n" + "\n".join(notes))
+        return 0
     profile = PROFILES["smoke" if args.smoke else "quick" if args.quick else "default"]
     overrides = {}
     if args.runs:

@@ -334,7 +334,7 @@ async def generate_many(spec: dict[str, Any]) -> dict[str, Any]:
                 prompt=f"in flight {index}", provider=spec["provider"], duration_seconds=5
             )
             try:
-                await stub.GenerateVideo(request)
+                await stub.GenerateVideo(request, timeout=max(1.0, give_up_at - time.perf_counter()))
             except Exception as exc:  # counted and reported, the figure says how many
                 name = type(exc).__name__
                 errors[name] = errors.get(name, 0) + 1
@@ -361,7 +361,8 @@ async def count_jobs(spec: dict[str, Any]) -> dict[str, Any]:
     advanced = 0  # jobs whose last event is past ``after_sequence``
     token = ""
     while True:
-        page = await getattr(stub, call)(request(page_size=1000, page_token=token))
+        page = await getattr(stub, call)(request(page_size=1000, page_token=token),
+                                         timeout=float(spec.get("timeout", 60.0)))
         for job in page.jobs:
             name = common_pb2.JobState.Name(job.state)
             counts[name] = counts.get(name, 0) + 1
