@@ -386,8 +386,10 @@ async def test_kill_9_of_a_replica_driving_jobs_the_others_finish_them(cluster, 
         runs = poll_runs(polls[events[-1][1].job.vendor_job_id])
         # r0 polled until it died; then exactly one other replica, never both at once.
         assert len(runs) == 2 and runs[0][0] == "r0" and runs[1][0] in ("r1", "r2"), runs
-        assert runs[0][2] <= killed_at + 0.05
+        # (A poll sent just before the kill may be logged by the fake's thread a little later.)
+        assert runs[0][2] <= killed_at + 0.5
         # The takeover waited for the lease to expire (r0 renewed at most LEASE/3
         # before it died), and came within the lease plus one claim interval.
         assert runs[1][1] - runs[0][2] >= LEASE / 2, runs
-        assert runs[1][1] - killed_at <= LEASE + 1.5, runs
+        # (Loose: on a loaded 2-core machine the survivors' claim loops lag.)
+        assert runs[1][1] - killed_at <= LEASE + 2.5, runs
