@@ -154,7 +154,11 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def due_webhooks(self, now_ns: int, limit: int = 100) -> list[WebhookItem]:
-        """Pending webhook events whose next attempt is due, oldest first."""
+        """Pending webhook events whose next attempt is due, oldest first.
+
+        A shared store claims what it returns for this replica for a while, so
+        other replicas do not send the same events; ``update_webhook`` ends the claim.
+        """
 
     @abc.abstractmethod
     async def update_webhook(self, item: WebhookItem) -> None:
