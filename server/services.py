@@ -261,7 +261,6 @@ class JobService:
             raise OutOfRange(
                 f"offset must be from 0 to {artifact.size_bytes}",
                 metadata={"offset": str(request.offset), "sizeBytes": str(artifact.size_bytes)},
-                field_violations=[],
             )
         key = record.extra["keys"][request.artifact_index]
         position = request.offset

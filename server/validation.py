@@ -124,11 +124,10 @@ def validate_generate(media_type: int, request: Message) -> None:
             value = getattr(request, name)
             if not math.isfinite(value) or not low <= value <= high:
                 out.append(FieldViolation(name, f"must be from {low:g} to {high:g}", "OUT_OF_RANGE"))
-    for name in ("format",):
-        if name in names:
-            enum = request.DESCRIPTOR.fields_by_name[name].enum_type
-            if request.format not in enum.values_by_number:
-                out.append(FieldViolation(name, "unknown value", "UNSUPPORTED_VALUE"))
+    if "format" in names:
+        enum = request.DESCRIPTOR.fields_by_name["format"].enum_type
+        if request.format not in enum.values_by_number:
+            out.append(FieldViolation("format", "unknown value", "UNSUPPORTED_VALUE"))
     if "input_image" in names and request.HasField("input_image"):
         out += _input_problems("input_image", request.input_image)
 
