@@ -94,8 +94,10 @@ USER_AGENT = f"mediagen/{__version__}"
 #: Explicit per phase: a vendor that accepts the connection and then says
 #: nothing must not hold a job forever.
 DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=60.0, write=60.0, pool=10.0)
+#: Keep-alive for every connection the pool may open: at hundreds of polls a
+#: second, a smaller keep-alive set means a new TCP (and TLS) handshake per call.
 DEFAULT_LIMITS = httpx.Limits(
-    max_connections=50, max_keepalive_connections=10, keepalive_expiry=30.0
+    max_connections=50, max_keepalive_connections=50, keepalive_expiry=30.0
 )
 
 CHUNK_SIZE = 256 * 1024
@@ -621,6 +623,79 @@ def _loggable(url: httpx.URL) -> str:
     return redact(url.path)
 
 
+# --- the connection pool --------------------------------------------------------
+
+
+class _ReleasingStream(httpx.AsyncByteStream):
+    """A response body that gives its pool slot back when it is closed."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+        self._inner = inner
+        self._release: Callable[[], None] | None = release
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._inner:
+            yield chunk
+
+    async def aclose(self) -> None:
+        try:
+            await self._inner.aclose()
+        finally:
+            release, self._release = self._release, None
+            if release is not None:
+                release()
+
+
+class _PoolSlots(httpx.AsyncBaseTransport):
+    """Lets at most as many requests into httpx's pool as it has connections.
+
+    httpcore loses a connection slot when a request times out or is cancelled
+    while queued for one (encode/httpcore#1093). Under heavy queueing (thousands
+    of jobs polling) every slot leaks and all calls fail with PoolTimeout against
+    a healthy vendor; the queue is also scanned in O(n) on every change. Waiting
+    here instead, on a FIFO semaphore bounded by the pool timeout, means httpcore
+    always has a connection for the request it is given. A slot is held until
+    the response is closed.
+    """
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, slots: int) -> None:
+        self._inner = inner
+        self._slots = asyncio.Semaphore(slots)
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        wait = request.extensions.get("timeout", {}).get("pool")
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpx.PoolTimeout(
+                "no connection became free within the pool timeout", request=request
+            ) from None
+        try:
+            response = await self._inner.handle_async_request(request)
+        except BaseException:
+            self._slots.release()
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _ReleasingStream(response.stream, self._slots.release)
+        return response
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+def _pooled_transport(
+    transport: httpx.AsyncBaseTransport | None, limits: httpx.Limits
+) -> httpx.AsyncBaseTransport:
+    """The given transport (tests), or a real connection pool behind ``_PoolSlots``."""
+    if transport is not None:
+        return transport
+    pool = httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=limits)
+    if limits.max_connections is None:
+        return pool
+    return _PoolSlots(pool, limits.max_connections)
+
+
 # --- the client -------------------------------------------------------------------
 
 
@@ -669,9 +744,7 @@ class VendorHTTP:
             headers={"User-Agent": USER_AGENT, **(headers or {})},
             auth=auth,
             timeout=timeout,
-            limits=limits,
-            transport=transport,
-            verify=_ssl_context(),
+            transport=_pooled_transport(transport, limits),
             follow_redirects=False,
         )
         self._api_origin = _origin(self._client.base_url)
@@ -1338,9 +1411,7 @@ class VendorHTTP:
             self._downloads = httpx.AsyncClient(
                 headers={"User-Agent": USER_AGENT},
                 timeout=self.timeout,
-                limits=self._limits,
-                transport=self._transport,
-                verify=_ssl_context(),
+                transport=_pooled_transport(self._transport, self._limits),
                 follow_redirects=False,
             )
         return self._downloads

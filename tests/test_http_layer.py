@@ -6,6 +6,7 @@ the timeout tests wait, for a fraction of a second.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import socket
@@ -639,6 +640,58 @@ async def test_timeout_becomes_provider_timeout(make_http, vendor):
     assert error.retryable
     assert len(vendor.calls()) == 1
 
+
+async def test_requests_cancelled_while_waiting_for_a_connection_do_not_leak_it(make_http, vendor):
+    """httpcore#1093: a request cancelled just after the pool handed it a new connection,
+    before it connected, left that connection in the pool for good. Once every slot was
+    held that way, every call failed with PoolTimeout against a healthy vendor."""
+    vendor.route("GET", "/slow", slow(0.3, Reply(body={})))
+    vendor.route("GET", "/fast", {"ok": True})
+    # No keep-alive: a finished request closes its connection, so the next one queued
+    # gets a brand-new connection, the case httpcore leaks.
+    http = make_http(
+        timeout=httpx.Timeout(5.0, pool=0.5),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=0),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    queued: list[asyncio.Task] = []
+
+    async def slow_then_cancel_the_queue() -> None:
+        await http.request_json("GET", "/slow", idempotent=True, ctx=None)
+        for task in queued:  # e.g. jobs cancelled while their polls wait for a connection
+            task.cancel()
+
+    holding = asyncio.create_task(slow_then_cancel_the_queue())
+    await asyncio.sleep(0.1)
+    queued += [
+        asyncio.create_task(http.request_json("GET", "/fast", idempotent=True, ctx=None))
+        for _ in range(6)
+    ]
+    await holding
+    outcomes = await asyncio.gather(*queued, return_exceptions=True)
+    assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes)
+    # The slot is free again.
+    for _ in range(3):
+        body, _ = await http.request_json("GET", "/fast", idempotent=True, ctx=None)
+        assert body == {"ok": True}
+
+
+async def test_a_call_waits_for_a_free_connection_no_longer_than_the_pool_timeout(make_http, vendor):
+    vendor.route("GET", "/v1/outputs/big", large_body(4 * 1024 * 1024))
+    vendor.route("GET", "/fast", {"ok": True})
+    http = make_http(
+        timeout=httpx.Timeout(5.0, pool=0.1),
+        limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+        retry=RetryPolicy(max_attempts=1),
+    )
+    # An open stream holds its connection until it is closed...
+    async with http.open_stream("/v1/outputs/big", ctx=None, max_bytes=8 << 20) as body:
+        await anext(body)
+        error = await fail(http.request_json("GET", "/fast", idempotent=True, ctx=None))
+        assert isinstance(error, ProviderTimeout)
+    # ...and gives it back after.
+    body_json, _ = await http.request_json("GET", "/fast", idempotent=True, ctx=None)
+    assert body_json == {"ok": True}
 
 async def test_deadline_shortens_each_attempt(make_http, vendor, clock):
     vendor.route("GET", "/poll", slow(3.0))
