@@ -27,11 +27,11 @@ from providers.registry import MEDIA_NAMES, ProviderRegistry, build_registry
 from providers.storage import Storage
 from providers.storage.local import LocalStorage
 from server.assets import Assets, AssetServicer
-from server.auth import AuthInterceptor, parse_tokens, server_credentials
+from server.auth import BearerTokens, parse_tokens, server_credentials
 from server.budgets import period_start
 from server.config import Settings
 from server.events import EventBus
-from server.interceptors import MetricsInterceptor
+from server.instrument import Instrumented
 from server.routing import Router
 from server.runner import JobRunner
 from server.services import CatalogServicer, JobService, media_servicer
@@ -144,27 +144,27 @@ class MediagenServer:
             ("grpc.keepalive_permit_without_calls", 1),
             ("grpc.http2.max_pings_without_data", 0),
         ]
-        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor()]
-        if self.settings.auth_tokens:
-            interceptors.append(AuthInterceptor(parse_tokens(self.settings.auth_tokens)))
-        server = grpc.aio.server(options=options, interceptors=interceptors)
+        server = grpc.aio.server(options=options)
+        tokens = BearerTokens(parse_tokens(self.settings.auth_tokens)) if self.settings.auth_tokens else None
+        # Every service is registered through Instrumented: auth and metrics around each method.
+        services = Instrumented(server, tokens)
         for noun in MEDIA_SERVICES:
             servicer, add, name = media_servicer(noun, self.jobs)
-            add(servicer, server)
+            add(servicer, services)
             self.service_names.append(name)
-        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.registry, self.router), server)
+        catalog_pb2_grpc.add_CatalogServiceServicer_to_server(CatalogServicer(self.registry, self.router), services)
         self.service_names.append(catalog_pb2.DESCRIPTOR.services_by_name["CatalogService"].full_name)
-        asset_pb2_grpc.add_AssetServiceServicer_to_server(AssetServicer(self.assets), server)
+        asset_pb2_grpc.add_AssetServiceServicer_to_server(AssetServicer(self.assets), services)
         self.service_names.append(asset_pb2.DESCRIPTOR.services_by_name["AssetService"].full_name)
         usage = UsageServicer(self.store, self.jobs.budgets, auth_on=bool(self.settings.auth_tokens))
-        usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, server)
+        usage_pb2_grpc.add_UsageServiceServicer_to_server(usage, services)
         self.service_names.append(usage_pb2.DESCRIPTOR.services_by_name["UsageService"].full_name)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, services)
         self.service_names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
 
         from server.reflection import enable_reflection
 
-        enable_reflection(server, self.service_names)
+        enable_reflection(services, self.service_names)
         if self.settings.tls_cert_file:
             credentials = server_credentials(
                 self.settings.tls_cert_file, self.settings.tls_key_file, self.settings.tls_client_ca_file

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+from typing import Any
 
 import grpc
 from grpc_status import rpc_status
 
 from providers.errors import Unauthenticated
 from providers.secrets import register
-from server.interceptors import rebuild, wrap
 
 current_tenant: contextvars.ContextVar[str] = contextvars.ContextVar("mediagen_tenant", default="")
 
@@ -53,40 +53,26 @@ def _bearer(metadata) -> str:
     return ""
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):
+class BearerTokens:
+    """The configured tokens: who a call's ``authorization`` metadata says it is."""
+
+    #: Health checks stay open so load balancers and orchestrators can probe.
+    open_services = OPEN_SERVICES
+
     def __init__(self, tokens: dict[str, str]) -> None:
         self._tokens = tokens
 
-    async def intercept_service(self, continuation, details):
-        handler = await continuation(details)
-        if handler is None or details.method.startswith(OPEN_SERVICES):
-            return handler
-        token = _bearer(details.invocation_metadata)
+    def is_open(self, method_path: str) -> bool:
+        return method_path.startswith(self.open_services)
+
+    def admit(self, metadata: Any) -> tuple[str, Any]:
+        """(tenant, None) for a valid token, else ("", the UNAUTHENTICATED status to abort with)."""
+        token = _bearer(metadata)
         tenant = self._tokens.get(_digest(token)) if token else None
-        if tenant is None:
-            reason = "a valid bearer token is required" if not token else "the bearer token is not valid"
-            return _refuse(handler, Unauthenticated(reason, reason="UNAUTHENTICATED"))
-        return _with_tenant(handler, tenant)
-
-
-def _with_tenant(handler, tenant: str):
-    return wrap(handler, lambda context: current_tenant.set(tenant))
-
-
-def _refuse(handler, err: Unauthenticated):
-    status = rpc_status.to_status(err.to_status())
-    if handler.response_streaming:
-
-        async def streaming(request, context):
-            await context.abort_with_status(status)
-            yield  # pragma: no cover - makes this an async generator
-
-        return rebuild(handler, streaming)
-
-    async def unary(request, context):
-        await context.abort_with_status(status)
-
-    return rebuild(handler, unary)
+        if tenant is not None:
+            return tenant, None
+        reason = "a valid bearer token is required" if not token else "the bearer token is not valid"
+        return "", rpc_status.to_status(Unauthenticated(reason, reason="UNAUTHENTICATED").to_status())
 
 
 def server_credentials(cert_file: str, key_file: str, client_ca_file: str = "") -> grpc.ServerCredentials:

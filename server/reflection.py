@@ -7,6 +7,8 @@ descriptor is registered as a renamed copy so that ``describe`` works for it too
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -39,7 +41,8 @@ def _register_v1_descriptor() -> None:
     pool.Add(proto)
 
 
-def enable_reflection(server: grpc.aio.Server, service_names: list[str]) -> None:
+def enable_reflection(server: Any, service_names: list[str]) -> None:
+    """Register reflection on ``server`` (a grpc.aio.Server or anything that registers like one)."""
     _register_v1_descriptor()
     names = [*service_names, V1_SERVICE, V1ALPHA_SERVICE]
     servicer = ReflectionServicer(names)

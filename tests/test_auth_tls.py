@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import REGISTRY
 
 from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, image_pb2, image_pb2_grpc
 from server.app import MediagenServer
@@ -55,6 +56,26 @@ async def test_every_rpc_but_health_needs_a_valid_token(auth_server):
         listed = await catalog.ListProviders(catalog_pb2.ListProvidersRequest(), metadata=_bearer("acme-token-123456"))
         assert listed.providers
 
+
+
+def _handled(method: str, code: str) -> float:
+    labels = {"grpc_service": "mediagen.v1.CatalogService", "grpc_method": method, "grpc_code": code}
+    return REGISTRY.get_sample_value("mediagen_grpc_server_handled_total", labels) or 0.0
+
+
+async def test_every_rpc_is_counted_with_its_final_code_refusals_included(auth_server):
+    before_ok, before_refused = _handled("ListProviders", "OK"), _handled("ListProviders", "UNAUTHENTICATED")
+    before_bad = _handled("GetProvider", "INVALID_ARGUMENT") + _handled("GetProvider", "NOT_FOUND")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{auth_server.port}") as channel:
+        catalog = catalog_pb2_grpc.CatalogServiceStub(channel)
+        await catalog.ListProviders(catalog_pb2.ListProvidersRequest(), metadata=_bearer("acme-token-123456"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await catalog.ListProviders(catalog_pb2.ListProvidersRequest(), metadata=_bearer("wrong-token-000000"))
+        with pytest.raises(grpc.aio.AioRpcError):
+            await catalog.GetProvider(catalog_pb2.GetProviderRequest(), metadata=_bearer("acme-token-123456"))
+    assert _handled("ListProviders", "OK") == before_ok + 1
+    assert _handled("ListProviders", "UNAUTHENTICATED") == before_refused + 1
+    assert _handled("GetProvider", "INVALID_ARGUMENT") + _handled("GetProvider", "NOT_FOUND") == before_bad + 1
 
 async def test_a_tenant_sees_only_its_own_jobs(auth_server):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{auth_server.port}") as channel:
