@@ -162,6 +162,20 @@ async def test_save_stores_state_events_and_end(store):
     assert await store.ended_before(record.job.end_time.ToNanoseconds()) == []
 
 
+
+async def test_a_record_from_get_is_the_callers_own_copy(store):
+    record, event = make()
+    await store.create(record, event)
+    first = await store.get(record.id)
+    first.job.state, first.stage, first.extra["attempt"] = FAILED, "done", 9
+    again = await store.get(record.id)
+    assert again.job.state == QUEUED and again.stage == "queued" and "attempt" not in again.extra
+    record.stage = "polling"
+    await store.save(record, advance(record, RUNNING))
+    assert (await store.get(record.id)).stage == "polling"
+    await store.delete(record.id)
+    assert await store.get(record.id) is None
+
 async def test_list_pages_newest_first_with_filters(store):
     base = time.time_ns() - 10**12
     ids = []
