@@ -77,6 +77,11 @@ def runway():
         fake = FakeRunway(api)
         # Long enough to be caught polling: a few pending and running polls.
         fake.plan = [{"status": "PENDING"}, *({"status": "RUNNING", "progress": p / 10} for p in range(1, 9)), {"status": "SUCCEEDED"}]
+        # The first three jobs run at once: staggered, so that one is still generating
+        # when the first is storing.
+        for i, running_polls in enumerate((4, 10, 16)):
+            steps = ({"status": "RUNNING", "progress": (p + 1) / (running_polls + 1)} for p in range(running_polls))
+            fake.plans_by_prompt[f"job-{i}"] = [{"status": "PENDING"}, *steps, {"status": "SUCCEEDED"}]
         serve_output = fake._output
 
         def slow_output(request):

@@ -108,6 +108,8 @@ class FakeRunway:
         self.uploads: dict[str, FakeUpload] = {}
         #: What each new task goes through, one entry per poll; the last one repeats.
         self.plan: list[dict[str, Any]] = list(DEFAULT_PLAN)
+        #: A plan of its own for a task whose promptText is a key here.
+        self.plans_by_prompt: dict[str, list[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._videos: dict[tuple[float, int, int], bytes] = {}
         self._tmp = tempfile.TemporaryDirectory(prefix="fake-runway-")
@@ -255,7 +257,11 @@ class FakeRunway:
         if issues:
             return self._invalid(issues)
         task = FakeTask(
-            id=str(uuid.uuid4()), endpoint=endpoint, body=body, plan=list(self.plan), image=image_bytes
+            id=str(uuid.uuid4()),
+            endpoint=endpoint,
+            body=body,
+            plan=list(self.plans_by_prompt.get(str(body.get("promptText")), self.plan)),
+            image=image_bytes,
         )
         with self._lock:
             self.tasks[task.id] = task
