@@ -56,7 +56,7 @@ class Instrumented:
         _, service, method = path.split("/", 2)
         tokens = self._tokens if self._tokens is not None and not self._tokens.is_open(path) else None
         latency = metrics.RPC_LATENCY.labels(service, method)
-        handled: dict[str, Any] = {}
+        handled: dict[str, list[int]] = {}
         inner = getattr(handler, _kind(handler))
 
         async def admit(context: grpc.aio.ServicerContext) -> None:
@@ -72,7 +72,7 @@ class Instrumented:
             counter = handled.get(name)
             if counter is None:
                 counter = handled[name] = metrics.RPCS.labels(service, method, name)
-            counter.inc()
+            counter[0] += 1
             latency.observe(time.perf_counter() - started)
 
         if handler.response_streaming:
