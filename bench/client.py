@@ -146,7 +146,7 @@ def read_file(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 async def watch(spec: dict[str, Any]) -> dict[str, Any]:
-    """Fan-out: ``jobs`` mock jobs with ``watchers`` watchers each.
+    """Fan-out: ``jobs`` mock jobs with ``watchers`` watchers each, created at ``rate`` a second.
 
     Delivery latency is receive time minus the event's event_time, counted for
     events that happened after the watcher asked (earlier ones are history).
@@ -199,7 +199,11 @@ async def watch(spec: dict[str, Any]) -> dict[str, Any]:
         if not done or seen != list(range(1, seen[-1] + 1)):
             incomplete += 1
 
+    rate = float(spec.get("rate") or 0.0)  # jobs created per second; 0: all at once
+
     async def one_job(index: int) -> None:
+        if rate:
+            await asyncio.sleep(max(0.0, begun + index / rate - time.perf_counter()))
         stub = stubs[index % len(stubs)]
         request = image_pb2.GenerateImageRequest(
             prompt=f"watch {index}", width=16, height=16, provider="mock", provider_options=options
