@@ -182,7 +182,13 @@ class JobRunner:
             sequence=job.last_sequence, type=event_type, event_time=job.update_time, job=job
         )
         outbox = self.webhooks.items_for(record, event) if self.webhooks else []
-        await self.store.save(record, event, outbox)
+        try:
+            await self.store.save(record, event, outbox)
+        except BaseException:
+            # Not saved (e.g. the task was cancelled mid-save to end the job): the next
+            # event must take this number, or Watch would see a gap in the sequence.
+            job.last_sequence -= 1
+            raise
         self.bus.publish(job.id, event)
         if outbox and self.on_webhooks:
             self.on_webhooks()
