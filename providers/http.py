@@ -52,11 +52,12 @@ import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpcore
 import httpx
 import structlog
 
@@ -626,12 +627,90 @@ def _loggable(url: httpx.URL) -> str:
 # --- the connection pool --------------------------------------------------------
 
 
-class _ReleasingStream(httpx.AsyncByteStream):
-    """A response body that gives its pool slot back when it is closed."""
+class _ConnectionPool:
+    """Vendor connections: at most ``size`` requests at once, idle connections reused newest first.
 
-    def __init__(self, inner: httpx.AsyncByteStream, release: Callable[[], None]) -> None:
+    It replaces httpcore's AsyncConnectionPool under httpx, which
+    (1) loses a slot for good when a request is cancelled or times out just
+    after being handed a new connection (encode/httpcore#1093): under heavy
+    queueing every slot leaked and all calls failed with PoolTimeout against a
+    healthy vendor; and (2) scans every connection on every request and every
+    close (a socket poll per idle connection, an O(n²) idle count), so a call's
+    CPU doubled with 50 connections open (bench/README.md).
+
+    Here a request waits its turn on a FIFO semaphore, bounded by the pool
+    timeout, and holds its slot until its response is closed; it takes the most
+    recently used idle connection to its origin (only that one is checked for
+    expiry) or opens a new one. The oldest idle connection is checked on every
+    return, so expired ones do not linger.
+    """
+
+    def __init__(
+        self, ssl_context: ssl.SSLContext, size: int, keepalive: int, keepalive_expiry: float | None
+    ) -> None:
+        self._ssl_context = ssl_context
+        self._slots = asyncio.Semaphore(size)
+        self._keepalive = keepalive
+        self._keepalive_expiry = keepalive_expiry
+        self._backend = httpcore.AnyIOBackend()
+        self._idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncHTTPConnection]] = {}
+
+    async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
+        wait = request.extensions.get("timeout", {}).get("pool")
+        try:
+            async with asyncio.timeout(wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise httpcore.PoolTimeout("no connection became free within the pool timeout") from None
+        origin = request.url.origin
+        key = (origin.scheme, origin.host, origin.port)
+        try:
+            connection = await self._take(key, origin)
+            try:
+                response = await connection.handle_async_request(request)
+            except BaseException:
+                # httpcore has closed it already unless it failed while idle; never reuse it.
+                await asyncio.shield(connection.aclose())
+                raise
+        except BaseException:
+            self._slots.release()
+            raise
+        assert isinstance(response.stream, AsyncIterable)
+        response.stream = _ReturnOnClose(response.stream, lambda: self._give_back(key, connection))
+        return response
+
+    async def _take(self, key: tuple[bytes, bytes, int], origin: httpcore.Origin) -> httpcore.AsyncHTTPConnection:
+        idle = self._idle.get(key, [])
+        while idle:
+            connection = idle.pop()
+            if connection.is_available() and not connection.has_expired():
+                return connection
+            await connection.aclose()
+        return httpcore.AsyncHTTPConnection(
+            origin, ssl_context=self._ssl_context, keepalive_expiry=self._keepalive_expiry, network_backend=self._backend
+        )
+
+    async def _give_back(self, key: tuple[bytes, bytes, int], connection: httpcore.AsyncHTTPConnection) -> None:
+        self._slots.release()
+        idle = self._idle.setdefault(key, [])
+        if connection.is_idle():
+            idle.append(connection)
+        if idle and (len(idle) > self._keepalive or idle[0].has_expired()):
+            await idle.pop(0).aclose()
+
+    async def aclose(self) -> None:
+        idle, self._idle = self._idle, {}
+        for connections in idle.values():
+            for connection in connections:
+                await connection.aclose()
+
+
+class _ReturnOnClose:
+    """A response body that gives its connection back to the pool when it is closed."""
+
+    def __init__(self, inner: AsyncIterable[bytes], give_back: Callable[[], Awaitable[None]]) -> None:
         self._inner = inner
-        self._release: Callable[[], None] | None = release
+        self._give_back: Callable[[], Awaitable[None]] | None = give_back
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         async for chunk in self._inner:
@@ -639,61 +718,36 @@ class _ReleasingStream(httpx.AsyncByteStream):
 
     async def aclose(self) -> None:
         try:
-            await self._inner.aclose()
+            close = getattr(self._inner, "aclose", None)
+            if close is not None:
+                await close()
         finally:
-            release, self._release = self._release, None
-            if release is not None:
-                release()
+            give_back, self._give_back = self._give_back, None
+            if give_back is not None:
+                await give_back()
 
 
-class _PoolSlots(httpx.AsyncBaseTransport):
-    """Lets at most as many requests into httpx's pool as it has connections.
+class _PooledTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport (request conversion, error mapping) over ``_ConnectionPool``.
 
-    httpcore loses a connection slot when a request times out or is cancelled
-    while queued for one (encode/httpcore#1093). Under heavy queueing (thousands
-    of jobs polling) every slot leaks and all calls fail with PoolTimeout against
-    a healthy vendor; the queue is also scanned in O(n) on every change. Waiting
-    here instead, on a FIFO semaphore bounded by the pool timeout, means httpcore
-    always has a connection for the request it is given. A slot is held until
-    the response is closed.
+    Relies on httpx 0.28 keeping its pool in ``_pool`` (pinned in pyproject.toml).
     """
 
-    def __init__(self, inner: httpx.AsyncBaseTransport, slots: int) -> None:
-        self._inner = inner
-        self._slots = asyncio.Semaphore(slots)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        wait = request.extensions.get("timeout", {}).get("pool")
-        try:
-            async with asyncio.timeout(wait):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise httpx.PoolTimeout(
-                "no connection became free within the pool timeout", request=request
-            ) from None
-        try:
-            response = await self._inner.handle_async_request(request)
-        except BaseException:
-            self._slots.release()
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        response.stream = _ReleasingStream(response.stream, self._slots.release)
-        return response
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
+    def __init__(self, limits: httpx.Limits) -> None:
+        super().__init__(verify=_ssl_context(), limits=limits)
+        self._pool = _ConnectionPool(  # type: ignore[assignment]
+            _ssl_context(),
+            size=limits.max_connections or 100,
+            keepalive=limits.max_keepalive_connections or 0,
+            keepalive_expiry=limits.keepalive_expiry,
+        )
 
 
 def _pooled_transport(
     transport: httpx.AsyncBaseTransport | None, limits: httpx.Limits
 ) -> httpx.AsyncBaseTransport:
-    """The given transport (tests), or a real connection pool behind ``_PoolSlots``."""
-    if transport is not None:
-        return transport
-    pool = httpx.AsyncHTTPTransport(verify=_ssl_context(), limits=limits)
-    if limits.max_connections is None:
-        return pool
-    return _PoolSlots(pool, limits.max_connections)
+    """The given transport (tests), or ours over ``_ConnectionPool``."""
+    return transport if transport is not None else _PooledTransport(limits)
 
 
 # --- the client -------------------------------------------------------------------

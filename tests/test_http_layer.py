@@ -10,6 +10,8 @@ import asyncio
 import hashlib
 import logging
 import socket
+import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 
 import httpx
@@ -692,6 +694,30 @@ async def test_a_call_waits_for_a_free_connection_no_longer_than_the_pool_timeou
     # ...and gives it back after.
     body_json, _ = await http.request_json("GET", "/fast", idempotent=True, ctx=None)
     assert body_json == {"ok": True}
+
+
+async def test_connections_are_reused_and_no_more_than_the_pool_size_are_used_at_once(make_http, vendor):
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def busy(request):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return Reply(body={"ok": True})
+
+    vendor.route("GET", "/busy", busy)
+    http = make_http(limits=httpx.Limits(max_connections=2, max_keepalive_connections=2))
+    for _ in range(3):
+        await http.request_json("GET", "/busy", idempotent=True, ctx=None)
+    assert len({call.client_port for call in vendor.calls()}) == 1  # one kept-alive connection
+    answers = await asyncio.gather(*(http.request_json("GET", "/busy", idempotent=True, ctx=None) for _ in range(8)))
+    assert [body for body, _ in answers] == [{"ok": True}] * 8
+    assert most[0] == 2
+    assert len({call.client_port for call in vendor.calls()}) == 2
 
 async def test_deadline_shortens_each_attempt(make_http, vendor, clock):
     vendor.route("GET", "/poll", slow(3.0))

@@ -80,6 +80,8 @@ class FakeRequest:
     params: dict[str, str] = field(default_factory=dict)
     #: ``time.monotonic()`` at arrival.
     at: float = 0.0
+    #: The client's port: one per connection, so tests can count connections.
+    client_port: int = 0
 
     def json(self) -> Any:
         return json.loads(self.body or b"null")
@@ -447,6 +449,7 @@ def _make_handler(server: FakeVendorServer) -> type[BaseHTTPRequestHandler]:
                 headers={name.lower(): value for name, value in self.headers.items()},
                 body=self._read_body(),
                 at=time.monotonic(),
+                client_port=self.client_address[1],
             )
             reply = server._answer_for(request)
             try:
