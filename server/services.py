@@ -11,7 +11,8 @@ import asyncio
 import collections
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import structlog
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
     from server.shared import SharedMode
 
 log = structlog.get_logger("mediagen.rpc")
+M = TypeVar("M", bound=Message)
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000
@@ -155,8 +157,27 @@ class JobService:
         record = await self.store.get(job_id)
         # Another tenant's job, or a job of another media type, does not exist here.
         if record is None or record.job.tenant != tenant or record.job.media_type != media_type:
-            raise NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"jobId": job_id})
+            raise _not_found(job_id)
         return record
+
+    async def get_response(self, media_type: int, request, tenant: str, response_class: type[M]) -> M:
+        """GetJob's answer, built once per stored version of a job (see JobStore.derived).
+
+        Answers that sign download URLs, or list webhook deliveries (which change
+        without the job changing), are built every time.
+        """
+        if not request.HasField("download_url_ttl"):
+            validate_job_id(request.job_id)
+            answer = await self.store.derived(request.job_id, response_class, partial(_plain_answer, response_class))
+            if answer is None:
+                raise _not_found(request.job_id)
+            if answer is not _NOT_PLAIN:
+                assert isinstance(answer, response_class)
+                job = answer.job  # type: ignore[attr-defined]
+                if job.tenant != tenant or job.media_type != media_type:
+                    raise _not_found(request.job_id)
+                return answer
+        return response_class(job=await self.get(media_type, request, tenant))
 
     async def get(self, media_type: int, request, tenant: str) -> common_pb2.Job:
         record = await self.get_record(media_type, request.job_id, tenant)
@@ -305,6 +326,18 @@ class JobService:
         return removed
 
 
+def _not_found(job_id: str) -> NotFound:
+    return NotFound(f"job {job_id} not found", reason="JOB_NOT_FOUND", metadata={"jobId": job_id})
+
+
+_NOT_PLAIN = object()
+
+
+def _plain_answer(response_class: type[M], record: JobRecord) -> M | object:
+    """The GetJob answer for ``record``, or _NOT_PLAIN when it lists webhook deliveries."""
+    return _NOT_PLAIN if "webhook" in record.extra else response_class(job=record.job)
+
+
 _SPECS = {
     "Video": (common_pb2.MEDIA_TYPE_VIDEO, video_pb2, video_pb2_grpc),
     "Speech": (common_pb2.MEDIA_TYPE_SPEECH, speech_pb2, speech_pb2_grpc),
@@ -324,9 +357,11 @@ def media_servicer(noun: str, jobs: JobService):
         job = await jobs.generate(media_type, request, tenant_of(context))
         return msg("Generate{N}Response")(job=job)
 
+    get_response = msg("Get{N}JobResponse")
+
     @rpc
     async def get(self, request, context):
-        return msg("Get{N}JobResponse")(job=await jobs.get(media_type, request, tenant_of(context)))
+        return await jobs.get_response(media_type, request, tenant_of(context), get_response)
 
     @rpc
     async def list_jobs(self, request, context):

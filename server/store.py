@@ -15,13 +15,15 @@ import builtins
 import json
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mediagen.v1 import asset_pb2, common_pb2
 from providers.errors import BudgetExceeded, InvalidArgument, QuotaViolation
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -143,6 +145,16 @@ class JobStore(abc.ABC):
 
     @abc.abstractmethod
     async def get(self, job_id: str) -> JobRecord | None: ...
+
+    async def derived(self, job_id: str, key: object, build: Callable[[JobRecord], T]) -> T | None:
+        """``build(record)`` for the job as stored now, or None when there is no such job.
+
+        A store may keep the result until the job next changes (the embedded
+        store does), so ``build`` must depend on the record alone and callers
+        must not change what it returns.
+        """
+        record = await self.get(job_id)
+        return None if record is None else build(record)
 
     @abc.abstractmethod
     async def get_by_request_id(self, tenant: str, request_id: str) -> JobRecord | None: ...
@@ -318,19 +330,26 @@ class _RecentRows:
     MAX_REQUEST_BYTES = 64 * 1024
 
     def __init__(self) -> None:
-        self._rows: OrderedDict[str, tuple] = OrderedDict()
+        # job id -> (row, what ``derived`` built from that row)
+        self._rows: OrderedDict[str, tuple[tuple, dict[object, Any]]] = OrderedDict()
 
     def get(self, job_id: str) -> tuple | None:
-        row = self._rows.get(job_id)
-        if row is not None:
-            self._rows.move_to_end(job_id)
-        return row
+        entry = self._rows.get(job_id)
+        if entry is None:
+            return None
+        self._rows.move_to_end(job_id)
+        return entry[0]
+
+    def derived(self, job_id: str) -> dict[object, Any] | None:
+        """Values built from the job's current row; a new row starts with none."""
+        entry = self._rows.get(job_id)
+        return None if entry is None else entry[1]
 
     def put(self, job_id: str, row: tuple) -> None:
         if len(row[1]) > self.MAX_REQUEST_BYTES:
             self._rows.pop(job_id, None)
             return
-        self._rows[job_id] = row
+        self._rows[job_id] = (row, {})
         self._rows.move_to_end(job_id)
         if len(self._rows) > self.MAX_ROWS:
             self._rows.popitem(last=False)
@@ -491,6 +510,19 @@ class SQLiteJobStore(JobStore):
                 return None
             self._recent.put(job_id, row)
         return self._row_to_record(row)
+
+    async def derived(self, job_id: str, key: object, build: Callable[[JobRecord], T]) -> T | None:
+        built = self._recent.derived(job_id)
+        if built is not None and key in built:
+            return built[key]  # type: ignore[no-any-return]
+        record = await self.get(job_id)  # which keeps the row
+        if record is None:
+            return None
+        value = build(record)
+        built = self._recent.derived(job_id)
+        if built is not None:
+            built[key] = value
+        return value
 
     async def save(
         self, record: JobRecord, event: common_pb2.JobEvent | None = None, webhooks: Sequence[WebhookItem] = ()

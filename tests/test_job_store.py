@@ -176,6 +176,24 @@ async def test_a_record_from_get_is_the_callers_own_copy(store):
     await store.delete(record.id)
     assert await store.get(record.id) is None
 
+
+async def test_derived_values_follow_the_stored_job(store):
+    record, event = make()
+    await store.create(record, event)
+    built: list[int] = []
+
+    def state_of(stored: JobRecord) -> int:
+        built.append(stored.job.state)
+        return stored.job.state
+
+    assert await store.derived(record.id, "state", state_of) == QUEUED
+    assert await store.derived(record.id, "state", state_of) == QUEUED
+    await store.save(record, advance(record, RUNNING))
+    assert await store.derived(record.id, "state", state_of) == RUNNING
+    assert built[-1] == RUNNING  # built again from the new version, never a stale one
+    await store.delete(record.id)
+    assert await store.derived(record.id, "state", state_of) is None
+
 async def test_list_pages_newest_first_with_filters(store):
     base = time.time_ns() - 10**12
     ids = []
