@@ -52,6 +52,8 @@ class FakeVendor:
         self.max_duration = max_duration
         self.tasks: dict[str, dict[str, Any]] = {}
         self.lateness: list[float] = []
+        self.lateness_at: list[float] = []  # arrival of each lateness sample
+        self.last_submit = 0.0
         self.polls = 0
         self.outputs = 0
         self.submits = 0
@@ -111,6 +113,7 @@ class FakeVendor:
             self.submits += 1
             if not self.first_submit:
                 self.first_submit = arrival
+            self.last_submit = arrival
             task_id = f"task-{k:07d}"
             span = self.max_duration - self.min_duration
             self.tasks[task_id] = {
@@ -131,6 +134,7 @@ class FakeVendor:
             self.polls += 1
             if task["polls"] and task["sent"]:
                 self.lateness.append(arrival - (task["sent"] + self.interval))
+                self.lateness_at.append(arrival)
             task["polls"] += 1
             elapsed = arrival - task["created"]
             if task["duration"] < 0:
@@ -158,6 +162,8 @@ class FakeVendor:
         from bench.common import percentile
 
         late = self.lateness
+        # Polls once every task was submitted: polling alone, without job creation.
+        after = [lat for lat, at in zip(late, self.lateness_at, strict=True) if at > self.last_submit]
         return {
             "tasks": self.submits,
             "polls": self.polls,
@@ -168,6 +174,8 @@ class FakeVendor:
             "lateness_p50_s": percentile(late, 50),
             "lateness_p99_s": percentile(late, 99),
             "lateness_max_s": max(late, default=0.0),
+            "lateness_after_creation_count": len(after),
+            "lateness_after_creation_p99_s": percentile(after, 99),
         }
 
 

@@ -399,10 +399,13 @@ class JobRunner:
     ) -> PollResult:
         interval = self.settings.poll_interval
         failures = 0
+        loop = asyncio.get_running_loop()
         while True:
             wait = interval
             try:
                 result = await self._vendor(provider, provider.poll(handle, ctx))
+                # The next poll is due ``wait`` after this answer, not after saving its progress.
+                answered = loop.time()
             except MediagenError as err:
                 failures += 1
                 if not err.retryable or failures >= MAX_POLL_FAILURES:
@@ -416,6 +419,7 @@ class JobRunner:
                     await self.commit(record, common_pb2.JOB_EVENT_TYPE_PROGRESS)
                 if result.poll_after is not None:
                     wait = result.poll_after
+                wait = max(0.0, answered + wait - loop.time())
             await asyncio.sleep(wait)
             interval = min(interval * 1.5, self.settings.poll_interval_max)
 
