@@ -80,6 +80,7 @@ from providers.errors import (
     ProviderUnavailable,
     UnsafeOutputURL,
 )
+from providers.netio import AsyncioBackend
 from providers.retry import DEFAULT_RETRY, RetryPolicy, retry_after_from_headers
 from providers.secrets import redact
 
@@ -652,7 +653,7 @@ class _ConnectionPool:
         self._slots = asyncio.Semaphore(size)
         self._keepalive = keepalive
         self._keepalive_expiry = keepalive_expiry
-        self._backend = httpcore.AnyIOBackend()
+        self._backend = AsyncioBackend()
         self._idle: dict[tuple[bytes, bytes, int], list[httpcore.AsyncHTTPConnection]] = {}
 
     async def handle_async_request(self, request: httpcore.Request) -> httpcore.Response:
@@ -698,6 +699,12 @@ class _ConnectionPool:
         if idle and (len(idle) > self._keepalive or idle[0].has_expired()):
             await idle.pop(0).aclose()
 
+    async def __aenter__(self) -> _ConnectionPool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
     async def aclose(self) -> None:
         idle, self._idle = self._idle, {}
         for connections in idle.values():
@@ -733,10 +740,11 @@ class _PooledTransport(httpx.AsyncHTTPTransport):
     Relies on httpx 0.28 keeping its pool in ``_pool`` (pinned in pyproject.toml).
     """
 
-    def __init__(self, limits: httpx.Limits) -> None:
-        super().__init__(verify=_ssl_context(), limits=limits)
+    def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
+        context = ssl_context or _ssl_context()
+        super().__init__(verify=context, limits=limits)
         self._pool = _ConnectionPool(  # type: ignore[assignment]
-            _ssl_context(),
+            context,
             size=limits.max_connections or 100,
             keepalive=limits.max_keepalive_connections or 0,
             keepalive_expiry=limits.keepalive_expiry,
