@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seconds a fake vendor job takes, spread between MIN and MAX")
     parser.add_argument("--recovery-jobs", type=int, help="unfinished jobs to recover (figure 6)")
     parser.add_argument("--download-mib", type=int, help="artifact size for the download figure")
-    parser.add_argument("--no-sweep", action="store_true", help="skip the chunk-size sweep")
+    parser.add_argument("--sweep", action="store_true", help="also sweep the download chunk size (~2 minutes)")
     parser.add_argument("--out", type=Path, help="JSON file to write (default bench/results/<timestamp>.json)")
     parser.add_argument("--workdir", type=Path, help="keep data, logs and specs here (default: a temp dir, removed)")
     parser.add_argument("--nice", type=int, default=0,
@@ -115,8 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides["recovery_jobs"] = args.recovery_jobs
     if args.download_mib:
         overrides["download_bytes"] = args.download_mib * 1024 * 1024
-    if args.no_sweep:
-        overrides["chunk_sweep"] = False
+    if args.sweep:
+        overrides["chunk_sweep"] = True
     profile = dataclasses.replace(profile, **overrides)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(FIGURES)
     unknown = [n for n in names if n not in FIGURES]

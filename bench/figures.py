@@ -42,8 +42,8 @@ class Profile:
 
 
 PROFILES = {
-    "default": Profile("default", 3, 3.0, 1.0, (1, 16, 128), 1024 * MIB, 3, True,
-                       10_000, 10.0, 20.0, 60.0, 1000, 1000, 6.0, 150.0, 6.0, 48, 10_000),
+    "default": Profile("default", 3, 3.0, 1.0, (1, 16, 128), 1024 * MIB, 3, False,
+                       10_000, 10.0, 100.0, 150.0, 1000, 1000, 6.0, 150.0, 6.0, 48, 10_000),
     "quick": Profile("quick", 2, 2.0, 0.5, (1, 16, 128), 256 * MIB, 2, False,
                      1_000, 10.0, 15.0, 30.0, 200, 200, 4.0, 150.0, 4.0, 48, 1_000),
     "smoke": Profile("smoke", 1, 0.3, 0.2, (16,), 4 * MIB, 1, False,
@@ -395,7 +395,8 @@ def _inflight(h: Harness, p: Profile, data: Path, vendor_spec: dict[str, Any], s
                     "server_cpu_ms_per_vendor_call": cpu / max(stats["polls"] + stats["tasks"] + stats["outputs"], 1) * 1000})
     succeeded = states.get("JOB_STATE_SUCCEEDED", 0)
     note = (f"{details['adapter']} adapter; {created['jobs']} of {p.inflight_jobs} jobs created in "
-            f"{created['seconds']:.0f} s; {succeeded} succeeded in {elapsed:.0f} s")
+            f"{created['seconds']:.0f} s, at most {stats.get('peak_in_flight', 0)} in flight at once; "
+            f"{succeeded} succeeded in {elapsed:.0f} s")
     if stalled:
         note += f"; polls stopped reaching the vendor for {3 * p.inflight_interval:.0f} s (stalled)"
     if details.get("runway_failed"):

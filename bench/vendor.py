@@ -54,6 +54,7 @@ class FakeVendor:
         self.lateness: list[float] = []
         self.lateness_at: list[float] = []  # arrival of each lateness sample
         self.last_submit = 0.0
+        self.peak_in_flight = 0  # tasks submitted whose output was not fetched yet, at most
         self.polls = 0
         self.outputs = 0
         self.submits = 0
@@ -114,6 +115,7 @@ class FakeVendor:
             if not self.first_submit:
                 self.first_submit = arrival
             self.last_submit = arrival
+            self.peak_in_flight = max(self.peak_in_flight, self.submits - self.outputs)
             task_id = f"task-{k:07d}"
             span = self.max_duration - self.min_duration
             self.tasks[task_id] = {
@@ -174,6 +176,7 @@ class FakeVendor:
             "lateness_p50_s": percentile(late, 50),
             "lateness_p99_s": percentile(late, 99),
             "lateness_max_s": max(late, default=0.0),
+            "peak_in_flight": self.peak_in_flight,
             "lateness_after_creation_count": len(after),
             "lateness_after_creation_p99_s": percentile(after, 99),
         }
