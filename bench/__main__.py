@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import CLIENT_CPUS, SERVER_CPUS, Row, load_average, machine
-from bench.figures import FIGURES, PROFILES
+from bench.figures import FIGURES, PROFILES, WHY_NOT_MET
 from bench.harness import Harness
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     details: dict[str, object] = {}
     failed: dict[str, str] = {}
+    missed: list[str] = []
     for name in names:
         if not args.quiet:
             print(f"- {name}", flush=True)
@@ -149,10 +150,16 @@ def main(argv: list[str] | None = None) -> int:
             failed[name] = f"{type(exc).__name__}: {exc}"
             figure_rows, figure_details = [Row(name, None, "", note=f"FAILED: {exc}", met=False)], {}
         rows += figure_rows
+        if any(r.met is False for r in figure_rows) and name not in failed:
+            missed.append(name)
         details[name] = {"seconds": time.time() - begun, "load_average_after": load_average(), **figure_details}
 
     print()
     print(table(rows))
+    if missed:
+        print("\ntargets not met, why and the plan (measurements in bench/README.md):")
+        for name in missed:
+            print(f"  {name}: {WHY_NOT_MET[name]}")
     result = {
         "profile": dataclasses.asdict(profile),
         "started": datetime.fromtimestamp(started, UTC).isoformat(),
