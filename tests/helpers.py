@@ -1,9 +1,10 @@
-"""What the end-to-end tests share: rich gRPC error details, test images, and a running
-MediagenServer with one vendor fake behind it."""
+"""What the end-to-end tests share: rich gRPC error details, test images, test certificates, and
+a running MediagenServer with one vendor fake behind it."""
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import io
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,9 @@ from typing import Any
 
 import grpc
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import NameOID
 from google.protobuf import json_format
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -252,3 +256,22 @@ async def vendor_env(
         server.runner.output_retry = retry
     async with serving(server) as channel:
         yield Env(server, channel, media_type, provider_name, **fields)
+
+
+def certificate(subject: str, key: Any, issuer: x509.Certificate | None = None, issuer_key: Any = None, *, ca: bool = False) -> x509.Certificate:
+    """A certificate for ``subject`` valid for an hour: a CA's, or a leaf's for "localhost"."""
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer.subject if issuer else name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+    return builder.sign(issuer_key or key, hashes.SHA256())

@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-import datetime
-
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from prometheus_client import REGISTRY
 
@@ -17,6 +13,7 @@ from mediagen.v1 import catalog_pb2, catalog_pb2_grpc, common_pb2, image_pb2, im
 from server.app import MediagenServer
 from server.config import ConfigError
 from tests.conftest import make_settings
+from tests.helpers import certificate
 
 TOKENS = "acme:acme-token-123456,globex:globex-token-654321"
 
@@ -105,24 +102,6 @@ async def _drain(call):
     return [m async for m in call]
 
 
-def _certificate(subject: str, key, issuer_cert=None, issuer_key=None, *, ca: bool = False):
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer_cert.subject if issuer_cert else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
 def _pem(cert) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
@@ -134,11 +113,11 @@ def _key_pem(key) -> bytes:
 @pytest.fixture
 def pki(tmp_path):
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _certificate("mediagen test CA", ca_key, ca=True)
+    ca = certificate("mediagen test CA", ca_key, ca=True)
     server_key = ec.generate_private_key(ec.SECP256R1())
-    server_cert = _certificate("localhost", server_key, ca, ca_key)
+    server_cert = certificate("localhost", server_key, ca, ca_key)
     client_key = ec.generate_private_key(ec.SECP256R1())
-    client_cert = _certificate("client", client_key, ca, ca_key)
+    client_cert = certificate("client", client_key, ca, ca_key)
     files = {
         "ca": _pem(ca),
         "server_cert": _pem(server_cert),

@@ -3,38 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import ssl
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from providers.http import _PooledTransport
+from tests.helpers import certificate
 
 LIMITS = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-
-
-def _cert(subject: str, key, issuer=None, issuer_key=None, *, ca: bool = False) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(issuer.subject if issuer else name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-    return builder.sign(issuer_key or key, hashes.SHA256())
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +22,8 @@ def tls(tmp_path_factory) -> tuple[ssl.SSLContext, ssl.SSLContext]:
     """(server context for "localhost", client context trusting its CA)."""
     folder = tmp_path_factory.mktemp("pki")
     ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("netio test CA", ca_key, ca=True)
-    (folder / "cert.pem").write_bytes(_cert("localhost", key, ca, ca_key).public_bytes(serialization.Encoding.PEM))
+    ca = certificate("netio test CA", ca_key, ca=True)
+    (folder / "cert.pem").write_bytes(certificate("localhost", key, ca, ca_key).public_bytes(serialization.Encoding.PEM))
     (folder / "key.pem").write_bytes(
         key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     )
