@@ -600,10 +600,10 @@ FIGURES = {
 #: plan, in short (bench/README.md, "What was found", has the measurements).
 WHY_NOT_MET = {
     "getjob": (
-        "grpc.aio alone spends ~180 us of server CPU per GetJob here; mediagen adds ~40 us. A/B runs: "
-        "~25 us is the server being larger (the same prebuilt answer costs ~200 us), the rest the "
-        "auth/metrics and error-mapping wrappers and the cached-answer lookup (README section 1). "
-        "Plan: fold the two wrappers into one; send cached answers pre-serialized."
+        "grpc.aio alone spends ~180 us of server CPU per GetJob here; mediagen ~225-235 us. A/B runs: "
+        "~25 us is the server being larger (the same prebuilt answer costs ~200 us), ~5 us the "
+        "auth/metrics wrapper, ~15-20 us validating the id and finding the cached answer (README "
+        "section 1). Plan: pre-serialized cached answers; a native profile of the ~25 us (perf)."
     ),
     "inflight": (
         "Polling alone, 10,000 jobs at a 10 s interval is ~1,000 vendor calls a second; one event-loop "
