@@ -743,10 +743,12 @@ class _PooledTransport(httpx.AsyncHTTPTransport):
     def __init__(self, limits: httpx.Limits, ssl_context: ssl.SSLContext | None = None) -> None:
         context = ssl_context or _ssl_context()
         super().__init__(verify=context, limits=limits)
+        size = limits.max_connections or 100  # "no limit" still gets one: the slots are the queue
+        keepalive = limits.max_keepalive_connections
         self._pool = _ConnectionPool(  # type: ignore[assignment]
             context,
-            size=limits.max_connections or 100,
-            keepalive=limits.max_keepalive_connections or 0,
+            size=size,
+            keepalive=size if keepalive is None else keepalive,
             keepalive_expiry=limits.keepalive_expiry,
         )
 
