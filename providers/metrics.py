@@ -19,7 +19,7 @@ from prometheus_client.registry import Collector
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
-class _LoopCounts:
+class _LoopCounts(Collector):
     """A counter per label set, recorded without locks.
 
     For what is recorded on every RPC and every vendor call: prometheus_client
@@ -44,7 +44,7 @@ class _LoopCounts:
         yield family
 
 
-class _LoopHistogram:
+class _LoopHistogram(Collector):
     """A latency histogram per label set, recorded without locks (see ``_LoopCounts``)."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...], buckets: tuple[float, ...]) -> None:
@@ -84,14 +84,6 @@ class _Series:
             self.sum += seconds
 
 
-class _LoopMetrics(Collector):
-    def __init__(self, *metrics: _LoopCounts | _LoopHistogram) -> None:
-        self._metrics = metrics
-
-    def collect(self) -> Iterator[Metric]:
-        for metric in self._metrics:
-            yield from metric.collect()
-
 JOBS_CREATED = Counter("mediagen_jobs_created", "Jobs admitted", ["media_type", "provider"])
 JOBS_ENDED = Counter("mediagen_jobs_ended", "Jobs that reached an end state", ["media_type", "provider", "state"])
 JOBS_IN_FLIGHT = Gauge("mediagen_jobs_in_flight", "Jobs this process is driving now")
@@ -116,7 +108,8 @@ RPC_LATENCY = _LoopHistogram(
     ("grpc_service", "grpc_method"),
     _LATENCY_BUCKETS,
 )
-REGISTRY.register(_LoopMetrics(VENDOR_CALLS, VENDOR_LATENCY, RPCS, RPC_LATENCY))
+for _metric in (VENDOR_CALLS, VENDOR_LATENCY, RPCS, RPC_LATENCY):
+    REGISTRY.register(_metric)
 
 
 def vendor_call(provider: str, method: str, status: int | None, seconds: float, error: str = "") -> None:

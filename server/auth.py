@@ -56,14 +56,11 @@ def _bearer(metadata) -> str:
 class BearerTokens:
     """The configured tokens: who a call's ``authorization`` metadata says it is."""
 
-    #: Health checks stay open so load balancers and orchestrators can probe.
-    open_services = OPEN_SERVICES
-
     def __init__(self, tokens: dict[str, str]) -> None:
         self._tokens = tokens
 
     def is_open(self, method_path: str) -> bool:
-        return method_path.startswith(self.open_services)
+        return method_path.startswith(OPEN_SERVICES)
 
     def admit(self, metadata: Any) -> tuple[str, Any]:
         """(tenant, None) for a valid token, else ("", the UNAUTHENTICATED status to abort with)."""

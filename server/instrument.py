@@ -35,7 +35,7 @@ def _rebuild(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any]) -> gr
 class Instrumented:
     """Stands in for the ``grpc.aio.Server`` in ``add_<Service>Servicer_to_server`` calls.
 
-    ``tokens``: when set, every method outside ``BearerTokens.open`` services
+    ``tokens``: when set, every method but those ``BearerTokens.is_open`` names
     needs a valid bearer token.
     """
 
@@ -111,7 +111,7 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
     def __init__(self, inner: grpc.GenericRpcHandler, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
         self._inner = inner
         self._wrap = wrap
-        self._wrapped: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         path: str = handler_call_details.method  # type: ignore[attr-defined]

@@ -357,11 +357,11 @@ def media_servicer(noun: str, jobs: JobService):
         job = await jobs.generate(media_type, request, tenant_of(context))
         return msg("Generate{N}Response")(job=job)
 
-    get_response = msg("Get{N}JobResponse")
+    get_job_response = msg("Get{N}JobResponse")
 
     @rpc
     async def get(self, request, context):
-        return await jobs.get_response(media_type, request, tenant_of(context), get_response)
+        return await jobs.get_response(media_type, request, tenant_of(context), get_job_response)
 
     @rpc
     async def list_jobs(self, request, context):
